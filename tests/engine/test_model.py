@@ -1,0 +1,122 @@
+"""The engine against a simple in-memory model: random aligned and unaligned writes, zeroing,
+increments, points in time, snapshot sets, deletes and node reopens. Every read is compared."""
+
+import shutil
+import tempfile
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from engine import Node
+
+BS = 4096
+SIZES = {"a": 48 * BS, "b": 32 * BS + 1024}  # b ends in a partial block
+
+
+class EngineModel(RuleBasedStateMachine):
+    @initialize()
+    def setup(self) -> None:
+        self.root = tempfile.mkdtemp(prefix="aimsnap-model-")
+        self.node = Node(self.root)
+        self.vols = {name: bytearray(size) for name, size in SIZES.items()}
+        self.images: dict[str, bytes | None] = {}  # complete-image snapshot -> content at last enable
+        self.dirty: dict[str, set[int]] = {}  # complete-image snapshot -> blocks written since
+        self.points: dict[str, dict[str, bytes]] = {}  # differential snapshot -> point -> content
+        self.source: dict[str, str] = {}
+        self.counter = 0
+        for name, size in SIZES.items():
+            self.node.create_volume(name, size, BS)
+        for vol in SIZES:
+            self.node.create_snapshot(f"{vol}-ci", vol, "complete-image")
+            self.node.create_snapshot(f"{vol}-pit", vol, "differential")
+            self.images[f"{vol}-ci"] = None
+            self.dirty[f"{vol}-ci"] = set()
+            self.points[f"{vol}-pit"] = {}
+            self.source[f"{vol}-ci"] = self.source[f"{vol}-pit"] = vol
+        self.node.create_snapshot_set("all", ["a-ci", "a-pit", "b-ci", "b-pit"])
+
+    def teardown(self) -> None:
+        self.node.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _touch(self, vol: str, offset: int, length: int) -> None:
+        for snap, blocks in self.dirty.items():
+            if self.source[snap] == vol:
+                blocks.update(range(offset // BS, (offset + length - 1) // BS + 1))
+
+    @rule(vol=st.sampled_from(sorted(SIZES)), data=st.data())
+    def write(self, vol: str, data: st.DataObject) -> None:
+        size = SIZES[vol]
+        offset = data.draw(st.one_of(st.integers(0, size - 1), st.integers(0, size // BS - 1).map(lambda b: b * BS)))
+        length = data.draw(st.integers(1, min(3 * BS, size - offset)))
+        payload = data.draw(st.binary(min_size=length, max_size=length)) if length < 64 else \
+            bytes([data.draw(st.integers(1, 255))]) * length
+        self.node.write(vol, offset, payload)
+        self.vols[vol][offset:offset + length] = payload
+        self._touch(vol, offset, length)
+
+    @rule(vol=st.sampled_from(sorted(SIZES)), data=st.data())
+    def write_zeroes(self, vol: str, data: st.DataObject) -> None:
+        size = SIZES[vol]
+        offset = data.draw(st.integers(0, size - 1))
+        length = data.draw(st.integers(1, min(4 * BS, size - offset)))
+        self.node.volume(vol).write_zeroes(offset, length)
+        self.vols[vol][offset:offset + length] = bytes(length)
+        self._touch(vol, offset, length)
+
+    @rule(vol=st.sampled_from(sorted(SIZES)))
+    def increment(self, vol: str) -> None:
+        snap = f"{vol}-ci"
+        result = self.node.enable_snapshot(snap)
+        if self.images[snap] is not None:  # after the first enable: exactly the blocks written since
+            assert result["blocks"] == len(self.dirty[snap])
+        self.images[snap] = bytes(self.vols[vol])
+        self.dirty[snap] = set()
+
+    @rule(vol=st.sampled_from(sorted(SIZES)))
+    def add_point(self, vol: str) -> None:
+        self.counter += 1
+        result = self.node.enable_snapshot(f"{vol}-pit", f"p{self.counter}")
+        assert result["point"] == f"p{self.counter}"
+        self.points[f"{vol}-pit"][result["point"]] = bytes(self.vols[vol])
+
+    @rule()
+    def enable_set(self) -> None:
+        self.counter += 1
+        result = self.node.enable_snapshot_set("all", f"p{self.counter}")
+        assert result["point"] == f"p{self.counter}"
+        for vol in SIZES:
+            self.images[f"{vol}-ci"] = bytes(self.vols[vol])
+            self.dirty[f"{vol}-ci"] = set()
+            self.points[f"{vol}-pit"][result["point"]] = bytes(self.vols[vol])
+
+    @precondition(lambda self: any(self.points.values()))
+    @rule(data=st.data())
+    def delete_point(self, data: st.DataObject) -> None:
+        snap = data.draw(st.sampled_from(sorted(s for s, p in self.points.items() if p)))
+        point = data.draw(st.sampled_from(sorted(self.points[snap])))
+        self.node.delete_point(snap, point)
+        del self.points[snap][point]
+
+    @rule()
+    def reopen(self) -> None:
+        self.node.close()
+        self.node = Node(self.root)
+
+    @invariant()
+    def everything_reads_as_the_model(self) -> None:
+        if not hasattr(self, "node"):
+            return
+        for vol, content in self.vols.items():
+            assert self.node.read(vol, 0, len(content)) == content, vol
+        for snap, image in self.images.items():
+            if image is not None:
+                assert self.node.read_snapshot(snap, None, 0, len(image)) == image, snap
+        for snap, points in self.points.items():
+            for point, content in points.items():
+                assert self.node.read_snapshot(snap, point, 0, len(content)) == content, f"{snap}@{point}"
+                # unaligned windows too
+                assert self.node.read_snapshot(snap, point, 1000, 5000) == content[1000:6000]
+
+
+TestEngineModel = EngineModel.TestCase
