@@ -1,0 +1,52 @@
+"""Shared helpers for the benchmarks: timing, medians, peak RSS, a result table."""
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(name: str, rows: list[dict]) -> None:
+    """Print a table for people and one JSON line (``RESULT {...}``) for bench/run_all.py."""
+    if rows:
+        keys = list(rows[0])
+        widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
+        print("  ".join(k.ljust(widths[k]) for k in keys))
+        for r in rows:
+            print("  ".join(_fmt(r.get(k)).ljust(widths[k]) for k in keys))
+    print("RESULT " + json.dumps({"bench": name, "rows": rows}))
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def drop_caches() -> None:
+    """Start each measurement from disk where the machine lets us (root on Linux), else warm."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
