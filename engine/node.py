@@ -77,6 +77,7 @@ class Node:
         self.meta = Meta(os.path.join(self.root, "node.db"))
         self.volumes: dict[str, Volume] = {}
         self.snapshots: dict[str, Relationship] = {}
+        self.enable_listeners: list[Callable[[EnableResult], None]] = []  # e.g. metrics
         self._load()
         self._write_lock_file(clean=False)
 
@@ -255,6 +256,15 @@ class Node:
     def flush(self, name: str) -> None:
         self.volume(name).flush()
 
+    def write_durably(self, name: str, offset: int, data: bytes) -> dict:
+        """A write that is on disk when this returns (the control API's only kind)."""
+        self.volume(name).write(offset, data, fua=True)
+        return {"volume": name, "offset": offset, "written": len(data)}
+
+    def node_info(self) -> dict:
+        return {"root": self.root, "volumes": len(self.volumes), "snapshots": len(self.snapshots),
+                "unclean_machine_restart": self.unclean_machine_restart}
+
     # -- snapshot relationships -------------------------------------------------------------------------
     def create_snapshot(self, name: str, source: str, type: str) -> dict:
         check_name("snapshot", name)
@@ -296,7 +306,7 @@ class Node:
         state = rel.state
         if isinstance(rel, CompleteImage) and rel.state == "incrementing" and rel.pending is None:
             state = "incomplete"
-        return {"name": name, "type": rel.type, "source": rel.source.name, "state": state,
+        return {"name": name, "type": rel.type, "source": rel.source.name, "size": rel.source.size, "state": state,
                 "enables": row.get("enables", 0), "last_enabled_at": row.get("last_enabled_at"),
                 "created_at": row.get("created_at"), "snapshot_sets": sets, **rel.info()}
 
@@ -326,7 +336,11 @@ class Node:
                             rel.begin_enable(iso(now), new_points[rel.name])
                         else:
                             rel.begin_enable(iso(now))
-            return [rel.finish_enable() for rel in rels]
+            results = [rel.finish_enable() for rel in rels]
+        for result in results:
+            for listener in self.enable_listeners:
+                listener(result)
+        return results
 
     def _unique_point_name(self, diffs: list[Differential], label: str | None, now: datetime) -> str:
         base = label or now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z"

@@ -23,7 +23,7 @@ class WriteIntent:
     length: int
     first: int
     last: int
-    data: bytes | None = None  # None: zeroes, or a copy from ``source``
+    data: bytes | memoryview | None = None  # valid only during the call; None: zeroes, or a copy from ``source``
     source: "Volume | None" = None
 
 
@@ -67,17 +67,11 @@ class Volume:
         return self.role == "volume"
 
     def check_range(self, offset: int, length: int) -> None:
-        if offset < 0 or length < 0:
-            raise InvalidInput(f"volume {self.name!r}: offset and length must not be negative")
-        if offset + length > self.size:
-            raise InvalidInput(
-                f"volume {self.name!r}: range {offset}+{length} is beyond its size of {self.size} bytes")
+        check_range(self.name, self.size, offset, length)
 
     def check_host_write(self, offset: int, length: int) -> None:
         """Refuse a host write before anything is written: a snapshot volume, or out of range."""
-        if not self.host_writable:
-            raise Conflict(f"{self.name!r} is a complete-image snapshot volume: only its increments write to it")
-        self.check_range(offset, length)
+        check_host_write(self.name, self.size, self.role, offset, length)
 
     def read(self, offset: int, length: int) -> bytes:
         self.check_range(offset, length)
@@ -129,6 +123,20 @@ class Volume:
             apply()
         self.stats.writes += 1
         self.stats.bytes_written += intent.length
+
+
+def check_range(name: str, size: int, offset: int, length: int) -> None:
+    """The one range check, shared by local volumes and remote clients (same words everywhere)."""
+    if offset < 0 or length < 0:
+        raise InvalidInput(f"volume {name!r}: offset and length must not be negative")
+    if offset + length > size:
+        raise InvalidInput(f"volume {name!r}: range {offset}+{length} is beyond its size of {size} bytes")
+
+
+def check_host_write(name: str, size: int, role: str, offset: int, length: int) -> None:
+    if role != "volume":
+        raise Conflict(f"{name!r} is a complete-image snapshot volume: only its increments write to it")
+    check_range(name, size, offset, length)
 
 
 def pread_all(fd: int, length: int, offset: int) -> bytes:

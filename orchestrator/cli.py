@@ -12,7 +12,7 @@ import click
 
 from engine import EngineError
 
-from . import cli_storage, demo
+from . import cli_node, cli_storage, demo
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -20,14 +20,18 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.group(context_settings=CONTEXT)
 @click.option("--root", envvar="AIMSNAP_ROOT", default="./aimsnap-data", show_default=True,
               type=click.Path(file_okay=False), help="The node root directory for local verbs ($AIMSNAP_ROOT).")
+@click.option("--node", "node_url", envvar="AIMSNAP_NODE", default=None,
+              help="Act on a node's control API instead, e.g. http://127.0.0.1:7410 ($AIMSNAP_NODE).")
+@click.option("--token-file", envvar="AIMSNAP_TOKEN_FILE", default=None, type=click.Path(dir_okay=False),
+              help="The node's API token file, with --node ($AIMSNAP_TOKEN_FILE).")
 @click.version_option(package_name="aimsnap")
 @click.pass_context
-def cli(ctx: click.Context, root: str) -> None:
+def cli(ctx: click.Context, root: str, node_url: str | None, token_file: str | None) -> None:
     """aimsnap: policy-based disaster recovery of block volumes (asynchronous IO mirroring with snapshots)."""
-    ctx.obj = cli_storage.Target(root=root)
+    ctx.obj = cli_storage.Target(root=root, node_url=node_url, token_file=token_file)
 
 
-for command in (*cli_storage.COMMANDS, demo.demo):
+for command in (*cli_storage.COMMANDS, cli_node.node, demo.demo):
     cli.add_command(command)
 
 

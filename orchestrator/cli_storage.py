@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import click
 
 from engine import InvalidInput, Node, parse_size, read_chunks
+from engine.volume import check_host_write, check_range
 
+from .node_client import RemoteNode
 from .output import print_fields, print_json, print_table
 
 _CHUNK = 1 << 20
@@ -18,17 +20,36 @@ _CHUNK = 1 << 20
 
 @dataclass
 class Target:
-    """Where verbs act: a local node root (a later issue adds a remote node)."""
+    """Where verbs act: a local node root, or a node's control API (``--node``)."""
 
     root: str
+    node_url: str | None = None
+    token_file: str | None = None
 
     @contextlib.contextmanager
-    def node(self, *, create: bool = False) -> Iterator[Node]:
-        node = Node(self.root, create=create)
+    def node(self, *, create: bool = False) -> Iterator[Node | RemoteNode]:
+        node: Node | RemoteNode
+        if self.node_url:
+            node = RemoteNode(self.node_url, read_token(self.token_file))
+        else:
+            node = Node(self.root, create=create)
         try:
             yield node
         finally:
             node.close()
+
+
+def read_token(path: str | None) -> str:
+    if not path:
+        raise InvalidInput("--node needs --token-file (or $AIMSNAP_TOKEN_FILE): the node's API token")
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise InvalidInput(f"cannot read token file {path}: {e.strerror}") from None
+    if not token:
+        raise InvalidInput(f"token file {path} is empty")
+    return token
 
 
 pass_target = click.make_pass_decorator(Target)
@@ -123,14 +144,15 @@ def volume_delete(target: Target, name: str) -> None:
 def volume_write(target: Target, name: str, file: str, offset: int) -> None:
     """Write FILE (or standard input) into a volume at --offset, durably. The whole range is
     checked before anything is written."""
-    with target.node() as node, _open_input(file, node.volume(name).size - offset) as (src, length):
-        vol = node.volume(name)
-        vol.check_host_write(offset, length)
-        pos = 0
-        while chunk := src.read(_CHUNK):
-            vol.write(offset + pos, chunk)
-            pos += len(chunk)
-        vol.flush()
+    with target.node() as node:
+        info = node.volume_info(name)
+        with _open_input(file, info["size"] - offset) as (src, length):
+            check_host_write(name, info["size"], info["role"], offset, length)
+            pos = 0
+            while chunk := src.read(_CHUNK):
+                node.write(name, offset + pos, chunk)
+                pos += len(chunk)
+            node.flush(name)
     click.echo(f"wrote {length} bytes to {name} at offset {offset}", err=True)
 
 
@@ -160,10 +182,10 @@ def _open_input(file: str, room: int) -> Iterator[tuple]:
 def volume_read(target: Target, name: str, offset: int, length: int | None) -> None:
     """Read a volume's bytes to standard output."""
     with target.node() as node:
-        vol = node.volume(name)
-        length = max(vol.size - offset, 0) if length is None else length
-        vol.check_range(offset, length)
-        _stream(read_chunks(vol.read, offset, length))
+        size = node.volume_info(name)["size"]
+        length = max(size - offset, 0) if length is None else length
+        check_range(name, size, offset, length)
+        _stream(read_chunks(lambda o, n: node.read(name, o, n), offset, length))
 
 
 def _stream(chunks: Iterator[bytes]) -> None:
@@ -269,10 +291,10 @@ def snapshot_read(target: Target, ref: str, offset: int, length: int | None) -> 
     """Read a snapshot (or one point in time) to standard output."""
     name, point = _split_point(ref)
     with target.node() as node:
-        size = node.snapshot(name).source.size
+        size = node.snapshot_info(name)["size"]
         length = max(size - offset, 0) if length is None else length
-        node.read_snapshot(name, point, offset, 0)  # validates the reference before streaming
-        node.snapshot(name).source.check_range(offset, length)
+        node.read_snapshot(name, point, 0, 0)  # validates the reference before streaming
+        check_range(name, size, offset, length)
         _stream(read_chunks(lambda o, n: node.read_snapshot(name, point, o, n), offset, length))
 
 
