@@ -76,6 +76,12 @@ class BlockBitmap:
         self.bits[:] = bytes(len(self.bits))
         return taken
 
+    def untake(self, taken: bytearray) -> None:
+        """Give taken bits back (their consumer failed before using them); the file still has them."""
+        for i, byte in enumerate(taken):
+            if byte:
+                self.bits[i] |= byte
+
     def sync(self) -> None:
         os.fdatasync(self.fd)
 

@@ -53,6 +53,8 @@ def resolve(node, name: str) -> Export:
     vol = node.volumes.get(name)
     if vol is None or vol.role != "volume":
         raise NotFound(f"no export {name!r}")
+    if vol.replica_of:
+        return Export(name, vol.size, f"AIM destination of {vol.replica_of}", vol.read)
     return Export(name, vol.size, "volume", vol.read, vol)
 
 

@@ -29,6 +29,34 @@ _MIGRATIONS = [
         snapshot TEXT NOT NULL REFERENCES snapshots(name), position INTEGER NOT NULL,
         PRIMARY KEY (set_name, snapshot));
     """,
+    """
+    CREATE TABLE aim_sets (
+        name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, source TEXT NOT NULL REFERENCES volumes(name),
+        dest_host TEXT NOT NULL, dest_port INTEGER NOT NULL, dest_volume TEXT NOT NULL,
+        journal_limit INTEGER NOT NULL, acked_seq INTEGER NOT NULL DEFAULT 0,
+        checkpoint_seq INTEGER NOT NULL DEFAULT 0, overflowed INTEGER NOT NULL DEFAULT 0,
+        resync_from INTEGER, paused INTEGER NOT NULL DEFAULT 0,
+        bytes_written INTEGER NOT NULL DEFAULT 0, bytes_sent INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL);
+    CREATE TABLE groups (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+    CREATE TABLE group_members (group_name TEXT NOT NULL REFERENCES groups(name),
+        aim_set TEXT NOT NULL REFERENCES aim_sets(name), position INTEGER NOT NULL,
+        PRIMARY KEY (group_name, aim_set));
+    CREATE TABLE markers (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, aim_set TEXT NOT NULL, seq INTEGER,
+        group_name TEXT, group_marker TEXT, snapshot TEXT, snapshot_set TEXT, label TEXT,
+        state TEXT NOT NULL, issued_at TEXT NOT NULL, applied_at TEXT, point TEXT, error TEXT);
+    CREATE INDEX markers_by_set ON markers (aim_set, id);
+    CREATE INDEX markers_by_group ON markers (group_marker);
+    CREATE TABLE aim_targets (
+        set_id TEXT PRIMARY KEY, set_name TEXT NOT NULL, volume TEXT NOT NULL UNIQUE REFERENCES volumes(name),
+        applied_seq INTEGER NOT NULL DEFAULT 0, consistent_from INTEGER NOT NULL DEFAULT 0,
+        resyncing INTEGER NOT NULL DEFAULT 1, source TEXT, created_at TEXT NOT NULL);
+    CREATE TABLE applied_markers (
+        set_id TEXT NOT NULL, marker_id TEXT NOT NULL, result TEXT NOT NULL,
+        PRIMARY KEY (set_id, marker_id));
+    CREATE TABLE applied_group_markers (group_marker TEXT PRIMARY KEY, result TEXT NOT NULL);
+    """,
 ]
 
 

@@ -28,10 +28,43 @@ class _VolumeCollector:
         yield size
 
 
+class _AimCollector:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self):
+        state = GaugeMetricFamily("aimsnap_aim_state", "1 for the AIM set's current state", labels=["aim_set", "state"])
+        gauges = {k: GaugeMetricFamily(f"aimsnap_aim_{k}", h, labels=["aim_set"]) for k, h in (
+            ("queued_bytes", "Journal bytes not yet acknowledged by the destination"),
+            ("queued_entries", "Journal entries not yet acknowledged"),
+            ("lag_seconds", "Age of the oldest unacknowledged write"),
+            ("dirty_blocks", "Blocks waiting for a resync"),
+            ("overflowed", "1 while the journal limit is exceeded (tracking dirty blocks)"))}
+        counters = {k: CounterMetricFamily(f"aimsnap_aim_{k}", h, labels=["aim_set"]) for k, h in (
+            ("bytes_written", "Bytes written to the source volume (accepted)"),
+            ("bytes_sent", "Bytes sent to the destination, framing included"))}
+        markers = CounterMetricFamily("aimsnap_markers", "Markers by AIM set and state", labels=["aim_set", "state"])
+        for aim in list(self.node.replication.sets.values()):
+            st = aim.status()
+            for s in ("replicating", "disconnected", "resyncing", "paused"):
+                state.add_metric([aim.name, s], 1.0 if st["state"] == s else 0.0)
+            for k, g in gauges.items():
+                g.add_metric([aim.name], float(st[k]))
+            for k, c in counters.items():
+                c.add_metric([aim.name], st[k])
+        for row in self.node.meta.query("SELECT aim_set, state, COUNT(*) AS n FROM markers GROUP BY aim_set, state"):
+            markers.add_metric([row["aim_set"], row["state"]], row["n"])
+        yield state
+        yield from gauges.values()
+        yield from counters.values()
+        yield markers
+
+
 class NodeMetrics:
     def __init__(self, node: Node) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_VolumeCollector(node))
+        self.registry.register(_AimCollector(node))
         self.enables = Histogram("aimsnap_snapshot_enable_seconds", "Snapshot enables and their durations",
                                  ["snapshot", "type"], registry=self.registry,
                                  buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))

@@ -48,6 +48,12 @@ def iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def point_stamp(t: datetime) -> str:
+    """The default name of a point in time: its UTC time, ISO 8601 basic format, to the millisecond."""
+    t = t.astimezone(timezone.utc)
+    return t.strftime("%Y%m%dT%H%M%S") + f".{t.microsecond // 1000:03d}Z"
+
+
 def check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise InvalidInput(f"invalid {kind} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
@@ -79,6 +85,9 @@ class Node:
         self.snapshots: dict[str, Relationship] = {}
         self.enable_listeners: list[Callable[[EnableResult], None]] = []  # e.g. metrics
         self._load()
+        from .replication import Replication  # a node's AIM sets observe its volumes like snapshots do
+        self.replication = Replication(self)
+        self.replication.load()
         self._write_lock_file(clean=False)
 
     # -- opening and closing ----------------------------------------------------------------------
@@ -149,6 +158,7 @@ class Node:
 
     def close(self) -> None:
         with self.lock:
+            self.replication.close()  # stops senders, flushes and checkpoints, detaches the AIM sets
             for v in self.volumes.values():
                 v.flush()
             for rel in self.snapshots.values():
@@ -226,6 +236,8 @@ class Node:
         allocated = os.stat(v.path).st_blocks * 512
         return {"name": v.name, "size": v.size, "size_human": format_size(v.size), "block_size": v.block_size,
                 "role": v.role, "allocated": allocated, "created_at": row.get("created_at"),
+                "replica_of": v.replica_of,
+                "aim_sets": sorted(a.name for a in self.replication.sets.values() if a.volume is v),
                 "snapshots": sorted(s.name for s in self.snapshots.values() if s.source is v),
                 "io": dict(v.stats.__dict__)}
 
@@ -238,6 +250,10 @@ class Node:
             users = sorted(s.name for s in self.snapshots.values() if s.source is v)
             if users:
                 raise Conflict(f"volume {name!r} is the source of snapshot(s) {', '.join(users)}: delete them first")
+            aims = sorted(a.name for a in self.replication.sets.values() if a.volume is v)
+            if aims or v.replica_of:
+                raise Conflict(f"volume {name!r} is replicated by AIM set {(aims or [v.replica_of])[0]!r}: "
+                               "delete the AIM set first")
             self._drop_volume(v)
 
     def _drop_volume(self, v: Volume) -> None:
@@ -343,7 +359,7 @@ class Node:
         return results
 
     def _unique_point_name(self, diffs: list[Differential], label: str | None, now: datetime) -> str:
-        base = label or now.strftime("%Y%m%dT%H%M%S") + f".{now.microsecond // 1000:03d}Z"
+        base = label or point_stamp(now)
         taken = {p.name for r in diffs for p in r.points}
         if label is not None and label in taken:
             raise AlreadyExists(f"point in time {label!r} already exists")

@@ -13,6 +13,7 @@ import secrets
 import signal
 import socket
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from .fsutil import atomic_write
 from .metrics import NodeMetrics
 from .nbd import NbdServer
 from .node import Node
+from .receiver import Receiver
 
 log = logging.getLogger("aimsnap.node")
 
@@ -79,7 +81,9 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
     await runner.setup()
     await web.SockSite(runner, sockets["api"]).start()
     nbd_server.start(sockets["nbd"])
-    aim_listener = await asyncio.start_server(_aim_not_yet, sock=sockets["aim"])
+    receiver = Receiver(node, token)
+    receiver.start(sockets["aim"])
+    node.replication.start()
 
     addresses = {"api": f"http://{_address(sockets['api'])}", "nbd": _address(sockets["nbd"]),
                  "aim": _address(sockets["aim"]), "pid": os.getpid(), "token_file": os.path.abspath(token_file)}
@@ -91,20 +95,17 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="api"))  # marker long-polls
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
     log.info("stopping: closing listeners and connections, flushing volumes")
     nbd_server.stop()
-    aim_listener.close()
+    receiver.stop()
     await runner.cleanup()
     await asyncio.to_thread(node.close)
     print("aimsnap node stopped cleanly", flush=True)
-
-
-async def _aim_not_yet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    writer.close()  # the AIM receiver arrives with the replication issue
 
 
 def run(root: str, api: str, nbd: str, aim: str, token_file: str | None) -> int:

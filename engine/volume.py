@@ -51,6 +51,7 @@ class Volume:
     size: int
     block_size: int
     role: str = "volume"  # "volume", or "snapshot" for a complete-image snapshot volume
+    replica_of: str | None = None  # set while an AIM set replicates into this volume: hosts may not write
     observers: list[WriteObserver] = field(default_factory=list)
     stats: IOStats = field(default_factory=IOStats)
 
@@ -64,14 +65,24 @@ class Volume:
 
     @property
     def host_writable(self) -> bool:
-        return self.role == "volume"
+        return self.role == "volume" and not self.replica_of
 
     def check_range(self, offset: int, length: int) -> None:
         check_range(self.name, self.size, offset, length)
 
     def check_host_write(self, offset: int, length: int) -> None:
-        """Refuse a host write before anything is written: a snapshot volume, or out of range."""
+        """Refuse a host write before anything is written: a snapshot volume, a replica, or out of range."""
+        if self.replica_of:
+            raise Conflict(f"volume {self.name!r} is the destination of AIM set {self.replica_of!r}: "
+                           "only replication writes to it")
         check_host_write(self.name, self.size, self.role, offset, length)
+
+    def apply_write(self, offset: int, data: bytes | memoryview) -> None:
+        """A write that is not a host's (replication, journal replay): same path, no host checks."""
+        self._mutate(self._intent(offset, len(data), data=data), lambda: pwrite_all(self.fd, data, offset))
+
+    def apply_zeroes(self, offset: int, length: int) -> None:
+        self._mutate(self._intent(offset, length), lambda: punch_hole(self.fd, offset, length))
 
     def read(self, offset: int, length: int) -> bytes:
         self.check_range(offset, length)

@@ -12,7 +12,7 @@ import click
 
 from engine import EngineError
 
-from . import cli_node, cli_storage, demo
+from . import cli_aim, cli_node, cli_storage, demo
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -31,7 +31,7 @@ def cli(ctx: click.Context, root: str, node_url: str | None, token_file: str | N
     ctx.obj = cli_storage.Target(root=root, node_url=node_url, token_file=token_file)
 
 
-for command in (*cli_storage.COMMANDS, cli_node.node, demo.demo):
+for command in (*cli_storage.COMMANDS, *cli_aim.COMMANDS, cli_node.node, demo.demo):
     cli.add_command(command)
 
 

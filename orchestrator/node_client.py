@@ -1,6 +1,8 @@
 """A client of a node's control API with the same methods as :class:`engine.Node`, so every CLI
 verb (and later every action) works the same against a local root or a remote node."""
 
+from __future__ import annotations
+
 import http.client
 import json
 import socket
@@ -29,6 +31,7 @@ class RemoteNode:
         self.token = token
         cls = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
         self.conn = cls(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), timeout=timeout)
+        self.replication = RemoteReplication(self)
 
     def close(self) -> None:
         self.conn.close()
@@ -132,3 +135,66 @@ class RemoteNode:
 
     def delete_snapshot_set(self, name: str) -> None:
         self._request("DELETE", f"/v1/snapshot-sets/{self._q(name)}")
+
+
+class RemoteReplication:
+    """The node's ``replication`` methods over the control API."""
+
+    def __init__(self, node: RemoteNode) -> None:
+        self.node = node
+
+    def _r(self, *a, **kw):
+        return self.node._request(*a, **kw)
+
+    def create(self, name: str, source: str, to: str, token: str, journal_limit: str | int | None = None) -> dict:
+        body = {"name": name, "source": source, "to": to, "token": token}
+        if journal_limit is not None:
+            body["journal_limit"] = journal_limit
+        return self._r("POST", "/v1/aim-sets", body=body)
+
+    def list(self) -> list[dict]:
+        return self._r("GET", "/v1/aim-sets")
+
+    def info(self, name: str) -> dict:
+        return self._r("GET", f"/v1/aim-sets/{self.node._q(name)}")
+
+    def delete(self, name: str) -> None:
+        self._r("DELETE", f"/v1/aim-sets/{self.node._q(name)}")
+
+    def pause(self, name: str, paused: bool = True) -> dict:
+        return self._r("POST", f"/v1/aim-sets/{self.node._q(name)}/{'pause' if paused else 'resume'}")
+
+    def issue_marker(self, aim_set: str, snapshot: str | None, label: str | None = None) -> dict:
+        body = {"snapshot": snapshot, **({"label": label} if label else {})}
+        return self._r("POST", f"/v1/aim-sets/{self.node._q(aim_set)}/markers", body=body)
+
+    def issue_group_marker(self, group: str, snapshot_set: str, label: str | None = None) -> dict:
+        body = {"snapshot_set": snapshot_set, **({"label": label} if label else {})}
+        return self._r("POST", f"/v1/groups/{self.node._q(group)}/markers", body=body)
+
+    def markers(self, aim_set: str | None = None, limit: int = 100) -> list[dict]:
+        return self._r("GET", "/v1/markers", query={"aim_set": aim_set, "limit": limit})
+
+    def show(self, ref: str) -> dict:
+        return self._r("GET", f"/v1/markers/{self.node._q(str(ref))}")
+
+    def wait(self, ref: str, timeout: float) -> dict:
+        import time
+        deadline = time.monotonic() + timeout
+        while True:  # long-poll in pieces of at most 30 s
+            left = max(0, int(min(30, deadline - time.monotonic())))
+            m = self._r("GET", f"/v1/markers/{self.node._q(str(ref))}", query={"wait": left})
+            if m["state"] != "issued" or time.monotonic() >= deadline:
+                return m
+
+    def create_group(self, name: str, members: list[str]) -> dict:
+        return self._r("POST", "/v1/groups", body={"name": name, "members": members})
+
+    def list_groups(self) -> list[dict]:
+        return self._r("GET", "/v1/groups")
+
+    def group_info(self, name: str) -> dict:
+        return self._r("GET", f"/v1/groups/{self.node._q(name)}")
+
+    def delete_group(self, name: str) -> None:
+        self._r("DELETE", f"/v1/groups/{self.node._q(name)}")

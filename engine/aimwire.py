@@ -1,0 +1,116 @@
+"""The AIM connection: HMAC challenge-response handshake and frame IO on a socket.
+
+The destination sends a random challenge; the source answers with
+HMAC-SHA256(token, "client" | challenge | client-nonce | set-id) and its own nonce; the
+destination proves it knows the token too with HMAC-SHA256(token, "server" | client-nonce |
+challenge). The token never crosses the wire.
+"""
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import struct
+
+from . import frames
+
+GREETING = b"AIMSNAP1"
+MAX_MESSAGE = 64 * 1024
+
+
+class WireError(Exception):
+    """The peer broke the protocol or failed authentication."""
+
+
+def mac(token: str, *parts: bytes) -> str:
+    return hmac.new(token.encode(), b"|".join(parts), hashlib.sha256).hexdigest()
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    while view:
+        got = sock.recv_into(view)
+        if got == 0:
+            raise ConnectionError("connection closed by peer")
+        view = view[got:]
+    return bytes(buf)
+
+
+def send_message(sock: socket.socket, obj: dict) -> None:
+    raw = json.dumps(obj).encode()
+    sock.sendall(struct.pack(">I", len(raw)) + raw)
+
+
+def recv_message(sock: socket.socket) -> dict:
+    (length,) = struct.unpack(">I", recv_exact(sock, 4))
+    if length > MAX_MESSAGE:
+        raise WireError(f"handshake message of {length} bytes is too long")
+    try:
+        obj = json.loads(recv_exact(sock, length))
+    except ValueError:
+        raise WireError("handshake message is not JSON") from None
+    if not isinstance(obj, dict):
+        raise WireError("handshake message is not an object")
+    return obj
+
+
+def recv_frame(sock: socket.socket) -> frames.Frame:
+    head = recv_exact(sock, frames.HEADER_SIZE)
+    try:
+        ftype, _seq, _off, _t, length, _crc = frames.parse_header(head)
+        payload = recv_exact(sock, frames.payload_length(ftype, length))
+        return frames.decode(head, payload)
+    except frames.FrameError as e:
+        raise WireError(str(e)) from None
+
+
+def send_frame(sock: socket.socket, frame: frames.Frame) -> int:
+    raw = frame.encode()
+    sock.sendall(raw)
+    return len(raw)
+
+
+def client_handshake(sock: socket.socket, token: str, hello: dict) -> dict:
+    """Authenticate to a destination; return its answer (which proves it knows the token too)."""
+    greeting = recv_exact(sock, len(GREETING) + 32)
+    if not greeting.startswith(GREETING):
+        raise WireError("the peer is not an aimsnap AIM port")
+    challenge = greeting[len(GREETING):]
+    nonce = os.urandom(32)
+    set_id = str(hello.get("set_id", ""))
+    send_message(sock, {**hello, "nonce": nonce.hex(),
+                        "mac": mac(token, b"client", challenge, nonce, set_id.encode())})
+    answer = recv_message(sock)
+    if not answer.get("ok"):
+        raise WireError(str(answer.get("error", "refused by the destination")))
+    if not hmac.compare_digest(str(answer.get("mac", "")), mac(token, b"server", nonce, challenge)):
+        raise WireError("the destination did not prove it knows the token")
+    return answer
+
+
+def server_handshake(sock: socket.socket, token: str) -> tuple[dict, bytes, bytes]:
+    """Challenge a source; return its hello (after checking the MAC), the challenge and nonce."""
+    challenge = os.urandom(32)
+    sock.sendall(GREETING + challenge)
+    hello = recv_message(sock)
+    try:
+        nonce = bytes.fromhex(str(hello.get("nonce", "")))
+    except ValueError:
+        nonce = b""
+    expected = mac(token, b"client", challenge, nonce, str(hello.get("set_id", "")).encode())
+    if len(nonce) != 32 or not hmac.compare_digest(str(hello.get("mac", "")), expected):
+        send_message(sock, {"ok": False, "error": "authentication failed"})
+        raise WireError("authentication failed (wrong token?)")
+    return hello, challenge, nonce
+
+
+def server_accept(sock: socket.socket, token: str, challenge: bytes, nonce: bytes, **answer: object) -> None:
+    send_message(sock, {"ok": True, "mac": mac(token, b"server", nonce, challenge), **answer})
+
+
+def connect(host: str, port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

@@ -1,0 +1,73 @@
+"""One checksummed frame format for the AIM journal on disk and the AIM stream on the wire.
+
+    magic u32 'AIMF' | type u8 | flags u8 | reserved u16 | seq u64 | offset u64 | time_ns u64 |
+    length u32 | crc32 u32 (over the header before it and the payload) | payload
+
+A journal entry is shipped as the very bytes it was journaled as; the receiver checks the same
+checksum before applying anything.
+"""
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAGIC = 0x41494D46  # 'AIMF'
+HEADER = struct.Struct(">IBBHQQQII")
+HEADER_SIZE = HEADER.size  # 44
+MAX_PAYLOAD = 32 << 20
+
+# entry types (journal and stream)
+WRITE, ZERO, MARKER = 1, 2, 3
+# stream-only types
+RESYNC_BEGIN, RESYNC_BLOCK, RESYNC_END, ACK, HEARTBEAT = 10, 11, 12, 20, 21
+
+NAMES = {WRITE: "write", ZERO: "zero", MARKER: "marker", RESYNC_BEGIN: "resync-begin",
+         RESYNC_BLOCK: "resync-block", RESYNC_END: "resync-end", ACK: "ack", HEARTBEAT: "heartbeat"}
+
+
+class FrameError(Exception):
+    """A frame that is not what its header and checksum promise."""
+
+
+@dataclass
+class Frame:
+    type: int
+    seq: int = 0
+    offset: int = 0
+    time_ns: int = 0
+    payload: bytes = b""
+    length: int = -1  # ZERO frames carry a length and no payload
+
+    @property
+    def size(self) -> int:
+        """The byte count the frame stands for: payload bytes, or the zeroed range."""
+        return self.length if self.type == ZERO else len(self.payload)
+
+    def encode(self) -> bytes:
+        length = self.length if self.type == ZERO else len(self.payload)
+        head = HEADER.pack(MAGIC, self.type, 0, 0, self.seq, self.offset, self.time_ns, length, 0)[:-4]
+        crc = zlib.crc32(self.payload, zlib.crc32(head))
+        return head + struct.pack(">I", crc) + self.payload
+
+
+def parse_header(raw: bytes) -> tuple[int, int, int, int, int, int]:
+    """(type, seq, offset, time_ns, length, crc); raises FrameError on a bad magic or length."""
+    magic, ftype, _flags, _rsv, seq, offset, time_ns, length, crc = HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise FrameError(f"bad frame magic {magic:#x}")
+    if ftype not in NAMES:
+        raise FrameError(f"unknown frame type {ftype}")
+    if ftype != ZERO and length > MAX_PAYLOAD:
+        raise FrameError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    return ftype, seq, offset, time_ns, length, crc
+
+
+def payload_length(ftype: int, length: int) -> int:
+    return 0 if ftype == ZERO else length
+
+
+def decode(raw_header: bytes, payload: bytes) -> Frame:
+    ftype, seq, offset, time_ns, length, crc = parse_header(raw_header)
+    if zlib.crc32(payload, zlib.crc32(raw_header[:-4])) != crc:
+        raise FrameError(f"checksum mismatch in {NAMES[ftype]} frame seq {seq}")
+    return Frame(ftype, seq, offset, time_ns, payload, length if ftype == ZERO else -1)

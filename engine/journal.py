@@ -1,0 +1,208 @@
+"""The AIM journal: an ordered, checksummed log of one source volume's writes, on disk.
+
+Segments ``<first-seq>.seg`` roll over at :data:`SEGMENT_BYTES`. Opening scans every segment and
+truncates a torn tail (a short or mis-checksummed last entry: a write the host was never told was
+durable). Segments whose every entry the destination acknowledged are deleted.
+"""
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from . import frames
+from .fsutil import fsync_dir
+
+SEGMENT_BYTES = 64 << 20
+
+
+@dataclass
+class Segment:
+    first: int
+    last: int  # 0 when empty
+    path: str
+    size: int
+    first_time_ns: int = 0
+
+
+class Journal:
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.segments: list[Segment] = []
+        self._fd: int | None = None
+        self.next_seq = 1
+        self._recover()
+
+    # -- opening ------------------------------------------------------------------------------------
+    def _recover(self) -> None:
+        names = sorted((int(f.removesuffix(".seg")), f) for f in os.listdir(self.dir) if f.endswith(".seg"))
+        for first, name in names:
+            path = os.path.join(self.dir, name)
+            seg = Segment(first, 0, path, 0)
+            good = 0
+            for frame, end in _scan(path):
+                if seg.last == 0:
+                    seg.first_time_ns = frame.time_ns
+                seg.last, good = frame.seq, end
+            if good != os.path.getsize(path):  # torn tail: cut it off
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+                    os.fsync(f.fileno())
+            seg.size = good
+            if seg.last:
+                self.segments.append(seg)
+                self.next_seq = seg.last + 1
+            else:
+                os.unlink(path)
+
+    # -- writing --------------------------------------------------------------------------------------
+    def append(self, ftype: int, offset: int, payload: bytes | memoryview, time_ns: int,
+               length: int = -1) -> tuple[int, int]:
+        """Append one entry; return its sequence number and size. Durable after :meth:`sync`."""
+        seq = self.next_seq
+        raw = frames.Frame(ftype, seq, offset, time_ns, bytes(payload), length).encode()
+        if not self.segments or self.segments[-1].size >= SEGMENT_BYTES or self._fd is None:
+            self._roll(seq, time_ns)
+        seg = self.segments[-1]
+        os.pwrite(self._fd, raw, seg.size)  # type: ignore[arg-type]
+        seg.size += len(raw)
+        if seg.last == 0:
+            seg.first_time_ns = time_ns
+        seg.last = seq
+        self.next_seq = seq + 1
+        return seq, len(raw)
+
+    def _roll(self, first: int, time_ns: int) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+        if self.segments and self.segments[-1].size < SEGMENT_BYTES:  # reopen the tail after a restart
+            seg = self.segments[-1]
+        else:
+            seg = Segment(first, 0, os.path.join(self.dir, f"{first:020d}.seg"), 0, time_ns)
+            self.segments.append(seg)
+        self._fd = os.open(seg.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fsync_dir(self.dir)
+
+    def sync(self) -> None:
+        if self._fd is not None:
+            os.fdatasync(self._fd)
+
+    # -- reading and reclaiming --------------------------------------------------------------------------
+    def read_from(self, seq: int) -> Iterator[tuple[frames.Frame, bytes]]:
+        """Entries with sequence >= ``seq``, as (frame, raw bytes) pairs, in order."""
+        for seg in list(self.segments):
+            if seg.last < seq:
+                continue
+            for frame, end, raw in _scan(seg.path, with_raw=True, limit=seg.size):
+                if frame.seq >= seq:
+                    yield frame, raw
+
+    def reclaim(self, acked: int) -> int:
+        """Delete segments fully acknowledged; return bytes freed. The tail segment stays open."""
+        freed = 0
+        while len(self.segments) > 1 and self.segments[0].last <= acked:
+            seg = self.segments.pop(0)
+            os.unlink(seg.path)
+            freed += seg.size
+        if freed:
+            fsync_dir(self.dir)
+        return freed
+
+    def reset(self, next_seq: int) -> None:
+        """Drop every entry (after they were turned into a dirty bitmap); continue at ``next_seq``."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for seg in self.segments:
+            os.unlink(seg.path)
+        self.segments = []
+        fsync_dir(self.dir)
+        self.next_seq = next_seq
+
+    def backlog(self, acked: int) -> tuple[int, int, int]:
+        """(entries, bytes, time_ns of the oldest) after ``acked``: reads headers only."""
+        entries = nbytes = oldest = 0
+        for seg in list(self.segments):
+            if seg.last <= acked:
+                continue
+            for seq, time_ns, size in _scan_headers(seg.path, seg.size):
+                if seq > acked:
+                    entries += 1
+                    nbytes += size
+                    oldest = oldest or time_ns
+        return entries, nbytes, oldest
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _scan_headers(path: str, limit: int):
+    """(seq, time_ns, entry size) of each entry, seeking over payloads."""
+    with open(path, "rb") as f:
+        pos = 0
+        while pos < limit:
+            head = f.read(frames.HEADER_SIZE)
+            if len(head) < frames.HEADER_SIZE:
+                return
+            ftype, seq, _off, time_ns, length, _crc = frames.parse_header(head)
+            size = frames.HEADER_SIZE + frames.payload_length(ftype, length)
+            yield seq, time_ns, size
+            pos += size
+            f.seek(pos)
+
+
+class Cursor:
+    """Reads a journal forward from a sequence number, remembering where it is, so that a sender
+    that keeps up reads each entry once."""
+
+    def __init__(self, journal: Journal, seq: int) -> None:
+        self.journal, self.seq = journal, seq
+        self._seg_first: int | None = None
+        self._pos = 0
+
+    def read_available(self, upto: int) -> Iterator[tuple[frames.Frame, bytes]]:
+        """Entries from the cursor up to sequence ``upto``."""
+        for seg in list(self.journal.segments):
+            if seg.last < self.seq:
+                continue
+            if seg.first != self._seg_first:
+                self._seg_first, self._pos = seg.first, 0
+            limit = seg.size
+            with open(seg.path, "rb") as f:
+                f.seek(self._pos)
+                while self._pos < limit:
+                    head = f.read(frames.HEADER_SIZE)
+                    ftype, seq, _off, _t, length, _crc = frames.parse_header(head)
+                    if seq > upto:
+                        return
+                    payload = f.read(frames.payload_length(ftype, length))
+                    frame = frames.decode(head, payload)  # a corrupt journal stops the sender loudly
+                    self._pos += len(head) + len(payload)
+                    if frame.seq >= self.seq:
+                        self.seq = frame.seq + 1
+                        yield frame, head + payload
+
+
+def _scan(path: str, with_raw: bool = False, limit: int | None = None):
+    """Yield valid entries of a segment file and the offset after each; stop at the first bad one."""
+    with open(path, "rb") as f:
+        pos = 0
+        while limit is None or pos < limit:
+            head = f.read(frames.HEADER_SIZE)
+            if len(head) < frames.HEADER_SIZE:
+                return
+            try:
+                ftype, *_rest, length, _crc = frames.parse_header(head)
+                payload = f.read(frames.payload_length(ftype, length))
+                frame = frames.decode(head, payload)
+            except frames.FrameError:
+                return
+            pos += len(head) + len(payload)
+            if with_raw:
+                yield frame, pos, head + payload
+            else:
+                yield frame, pos

@@ -1,0 +1,299 @@
+"""The destination side of AIM: the AIM port. One thread per incoming stream applies entries
+to the destination volume in sequence order, acknowledges what is durable, and turns markers
+into enabled snapshots (or, for a group, one snapshot set once every member has arrived)."""
+
+import json
+import logging
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from . import aimwire, frames
+from .aimwire import WireError
+from .errors import AlreadyExists, EngineError
+from .volume import Volume
+
+log = logging.getLogger("aimsnap.aim.receiver")
+ACK_EVERY_BYTES = 8 << 20
+GROUP_TIMEOUT = 300.0
+
+
+@dataclass
+class Binding:
+    set_id: str
+    set_name: str
+    volume: str
+    applied_seq: int
+    consistent_from: int
+    resyncing: bool
+
+
+class GroupBarriers:
+    """Members of a group marker wait here until all have reached it; the last one enables the
+    snapshot set. A result, once known, is kept in the node's metadata for late or repeated arrivals."""
+
+    def __init__(self, meta, timeout: float = GROUP_TIMEOUT) -> None:
+        self.meta, self.timeout = meta, timeout
+        self.cond = threading.Condition()
+        self.arrived: dict[str, set[str]] = {}
+        self.results: dict[str, dict] = {}
+
+    def stored(self, key: str) -> dict | None:
+        row = self.meta.one("SELECT result FROM applied_group_markers WHERE group_marker=?", key)
+        return json.loads(row["result"]) if row else None
+
+    def arrive(self, key: str, me: str, members: list[str], enable) -> dict:
+        with self.cond:
+            result = self.results.get(key) or self.stored(key)
+            if result is not None:
+                return result
+            self.arrived.setdefault(key, set()).add(me)
+            if self.arrived[key] >= set(members):
+                result = enable()
+                self._finish(key, result)
+                return result
+            deadline = time.monotonic() + self.timeout
+            while key not in self.results:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(set(members) - self.arrived[key])
+                    self._finish(key, {"state": "failed", "error": f"group member(s) {', '.join(missing)} did not "
+                                       f"reach the marker within {self.timeout:.0f}s"})
+                    break
+                self.cond.wait(left)
+            return self.results[key]
+
+    def _finish(self, key: str, result: dict) -> None:
+        self.results[key] = result
+        self.arrived.pop(key, None)
+        self.meta.execute("INSERT OR REPLACE INTO applied_group_markers VALUES (?,?)", key, json.dumps(result))
+        self.cond.notify_all()
+
+
+class Receiver:
+    def __init__(self, node, token: str) -> None:
+        self.node, self.token = node, token
+        self.groups = GroupBarriers(node.meta)
+        self.streams: dict[str, socket.socket] = {}  # set id -> its current connection
+        self.lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.rejected = 0
+
+    # -- bindings: which AIM set replicates into which volume --------------------------------------------
+    def binding(self, set_id: str) -> Binding | None:
+        row = self.node.meta.one("SELECT * FROM aim_targets WHERE set_id=?", set_id)
+        if not row:
+            return None
+        return Binding(row["set_id"], row["set_name"], row["volume"], row["applied_seq"], row["consistent_from"],
+                       bool(row["resyncing"]))
+
+    def _claim(self, hello: dict) -> dict:
+        volume, set_id = str(hello.get("volume", "")), str(hello.get("set_id", ""))
+        vol = self.node.volumes.get(volume)
+        if vol is None or vol.role != "volume":
+            return {"error": f"destination volume {volume!r} does not exist on the destination node"}
+        if hello.get("size") != vol.size:
+            return {"error": f"destination volume {volume!r} is {vol.size} bytes, the source is {hello.get('size')}: "
+                             "they must be the same size"}
+        row = self.node.meta.one("SELECT set_id, set_name FROM aim_targets WHERE volume=?", volume)
+        if row and row["set_id"] != set_id:
+            return {"error": f"destination volume {volume!r} is already the destination of AIM set {row['set_name']!r}"}
+        if hello.get("op") == "claim" and not row:
+            self.node.meta.execute(
+                "INSERT INTO aim_targets (set_id, set_name, volume, source, created_at) VALUES (?,?,?,?,datetime('now'))",
+                set_id, str(hello.get("set_name", "")), volume, str(hello.get("source", "")))
+            vol.replica_of = str(hello.get("set_name", ""))
+        return {"size": vol.size}
+
+    def _release(self, set_id: str) -> None:
+        b = self.binding(set_id)
+        if b:
+            self.node.meta.execute("DELETE FROM aim_targets WHERE set_id=?", set_id)
+            if b.volume in self.node.volumes:
+                self.node.volumes[b.volume].replica_of = None
+
+    # -- serving ----------------------------------------------------------------------------------------
+    def start(self, listener: socket.socket) -> None:
+        self._listener = listener
+        threading.Thread(target=self._accept, name="aim-accept", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+        with self.lock:
+            for conn in self.streams.values():
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                conn, peer = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn, peer), name=f"aim-{peer}", daemon=True).start()
+
+    def _serve(self, conn: socket.socket, peer: object) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(30)
+        set_id = None
+        try:
+            hello, challenge, nonce = aimwire.server_handshake(conn, self.token)
+            op, set_id = hello.get("op"), str(hello.get("set_id", ""))
+            if op in ("probe", "claim"):
+                answer = self._claim(hello)
+                if "error" in answer:
+                    aimwire.send_message(conn, {"ok": False, "error": answer["error"]})
+                else:
+                    aimwire.server_accept(conn, self.token, challenge, nonce, **answer)
+                return
+            if op == "release":
+                self._release(set_id)
+                aimwire.server_accept(conn, self.token, challenge, nonce)
+                return
+            binding = self.binding(set_id) if op == "stream" else None
+            if binding is None:
+                aimwire.send_message(conn, {"ok": False, "error": "this AIM set has no destination volume here "
+                                                                  "(create the AIM set again)"})
+                return
+            with self.lock:  # one stream per set: a reconnect replaces a half-dead connection
+                old = self.streams.get(set_id)
+                if old is not None:
+                    try:
+                        old.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                self.streams[set_id] = conn
+            aimwire.server_accept(conn, self.token, challenge, nonce, applied_seq=binding.applied_seq,
+                                  resyncing=binding.resyncing)
+            conn.settimeout(120)  # the source sends a heartbeat every few seconds
+            self._apply_loop(conn, binding)
+        except WireError as e:
+            self.rejected += 1
+            log.warning("aim %s: closing connection: %s", peer, e)
+        except (ConnectionError, OSError, TimeoutError):
+            pass
+        finally:
+            with self.lock:
+                if set_id and self.streams.get(set_id) is conn:
+                    del self.streams[set_id]
+            conn.close()
+
+    # -- applying ---------------------------------------------------------------------------------------
+    def _apply_loop(self, conn: socket.socket, b: Binding) -> None:
+        vol = self.node.volume(b.volume)
+        applied = acked = b.applied_seq
+        unacked_bytes = 0
+        while True:
+            f = aimwire.recv_frame(conn)
+            if f.type in (frames.WRITE, frames.ZERO, frames.MARKER):
+                if f.seq <= applied:
+                    continue  # already applied before a reconnect
+                if f.seq != applied + 1:
+                    raise WireError(f"sequence gap: expected {applied + 1}, got {f.seq}")
+                if f.type == frames.MARKER:
+                    result = self._marker(b, vol, f)
+                    applied = acked = f.seq
+                    self._send_ack(conn, applied, [result])
+                    continue
+                if f.type == frames.WRITE:
+                    vol.apply_write(f.offset, f.payload)
+                else:
+                    vol.apply_zeroes(f.offset, f.length)
+                applied = f.seq
+                unacked_bytes += f.size
+            elif f.type == frames.RESYNC_BEGIN:
+                self.node.meta.execute("UPDATE aim_targets SET resyncing=1 WHERE set_id=?", b.set_id)
+                continue
+            elif f.type == frames.RESYNC_BLOCK:
+                vol.apply_write(f.offset, f.payload)
+                unacked_bytes += len(f.payload)
+            elif f.type == frames.RESYNC_END:
+                info = json.loads(f.payload)
+                vol.flush()
+                b.consistent_from, applied = int(info["consistent_from"]), f.seq
+                self.node.meta.execute("UPDATE aim_targets SET resyncing=0, applied_seq=?, consistent_from=? "
+                                       "WHERE set_id=?", applied, b.consistent_from, b.set_id)
+                acked = applied
+                self._send_ack(conn, applied, [])
+                continue
+            if applied != acked or f.type == frames.HEARTBEAT:
+                idle = not select.select([conn], [], [], 0)[0]
+                if idle or unacked_bytes >= ACK_EVERY_BYTES or f.type == frames.HEARTBEAT:
+                    vol.flush()
+                    self.node.meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", applied, b.set_id)
+                    acked, unacked_bytes = applied, 0
+                    self._send_ack(conn, applied, [])
+
+    def _send_ack(self, conn: socket.socket, seq: int, markers: list[dict]) -> None:
+        payload = json.dumps({"markers": markers}).encode() if markers else b""
+        aimwire.send_frame(conn, frames.Frame(frames.ACK, seq, 0, time.time_ns(), payload))
+
+    def _marker(self, b: Binding, vol: Volume, f: frames.Frame) -> dict:
+        """Everything before the marker is applied: flush, enable the pre-configured snapshot (or
+        the group's snapshot set), and record the result with the new applied position atomically."""
+        m = json.loads(f.payload)
+        key = str(m["id"])
+        row = self.node.meta.one("SELECT result FROM applied_markers WHERE set_id=? AND marker_id=?", b.set_id, key)
+        if row:
+            return json.loads(row["result"])
+        vol.flush()
+        if f.seq < b.consistent_from:
+            result = {"state": "failed", "error": "the marker was issued during a resynchronisation: the destination "
+                                                  "image was not consistent at that point"}
+        elif m.get("group"):
+            g = m["group"]
+            result = self.groups.arrive(g["id"], b.set_id, g["members"],
+                                        lambda: self._enable_set(g["snapshot_set"], m))
+        else:
+            result = self._enable(vol, m)
+        result = {"id": m["id"], "group_marker": (m.get("group") or {}).get("id"), **result}
+        with self.node.meta.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO applied_markers VALUES (?,?,?)", (b.set_id, key, json.dumps(result)))
+            db.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", (f.seq, b.set_id))
+        log.info("aim %s: marker %s %s%s", b.set_name, m["id"], result["state"],
+                 f" ({result.get('error')})" if result.get("error") else "")
+        return result
+
+    def _point_name(self, m: dict) -> str:
+        return m.get("label") or m["point"]
+
+    def _enable(self, vol: Volume, m: dict) -> dict:
+        name = m.get("snapshot")
+        rel = self.node.snapshots.get(name) if name else None
+        if rel is None:
+            return {"state": "failed", "error": f"snapshot {name!r} is not pre-configured on the destination node"}
+        if rel.source is not vol:
+            return {"state": "failed", "error": f"snapshot {name!r} is a snapshot of {rel.source.name!r}, "
+                                               f"not of the destination volume {vol.name!r}"}
+        point = self._point_name(m) if rel.type == "differential" else None
+        try:
+            r = self.node.enable_snapshot(name, point)
+        except AlreadyExists:  # enabled before a crash that came before recording it
+            r = {"point": point, "enabled_at": None}
+        except EngineError as e:
+            return {"state": "failed", "error": str(e)}
+        return {"state": "applied", "point": r["point"], "applied_at": r["enabled_at"] or _now()}
+
+    def _enable_set(self, set_name: str, m: dict) -> dict:
+        try:
+            r = self.node.enable_snapshot_set(set_name, self._point_name(m))
+        except AlreadyExists:
+            return {"state": "applied", "point": self._point_name(m), "applied_at": _now()}
+        except EngineError as e:
+            return {"state": "failed", "error": str(e)}
+        return {"state": "applied", "point": r["point"], "applied_at": r["enabled_at"]}
+
+
+def _now() -> str:
+    from .node import iso, utcnow
+    return iso(utcnow())
