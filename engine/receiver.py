@@ -174,7 +174,8 @@ class Receiver:
                         pass
                 self.streams[set_id] = conn
             aimwire.server_accept(conn, self.token, challenge, nonce, applied_seq=binding.applied_seq,
-                                  resyncing=binding.resyncing)
+                                  resyncing=binding.resyncing,
+                                  marker_results=self._results(set_id, hello.get("outstanding_markers")))
             conn.settimeout(120)  # the source sends a heartbeat every few seconds
             self._apply_loop(conn, binding)
         except WireError as e:
@@ -187,6 +188,18 @@ class Receiver:
                 if set_id and self.streams.get(set_id) is conn:
                     del self.streams[set_id]
             conn.close()
+
+    def _results(self, set_id: str, ids: object) -> list[dict]:
+        """Results of markers the source still waits for (their acknowledgement may have been lost)."""
+        if not isinstance(ids, list):
+            return []
+        out = []
+        for marker_id in ids[:1000]:
+            row = self.node.meta.one("SELECT result FROM applied_markers WHERE set_id=? AND marker_id=?",
+                                     set_id, str(marker_id))
+            if row:
+                out.append(json.loads(row["result"]))
+        return out
 
     # -- applying ---------------------------------------------------------------------------------------
     def _apply_loop(self, conn: socket.socket, b: Binding) -> None:

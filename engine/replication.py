@@ -195,8 +195,15 @@ class AimSet:
             try:
                 sock = aimwire.connect(self.host, self.port)
                 self._sock = sock
+                # markers the destination may have applied while their acknowledgement was lost
+                outstanding = [r["id"] for r in self.meta.query(
+                    "SELECT id FROM markers WHERE aim_set=? AND state='issued' AND seq IS NOT NULL "
+                    "ORDER BY id LIMIT 1000", self.name)]
                 answer = aimwire.client_handshake(sock, self.token, {"op": "stream", "set_id": self.id,
-                                                                       "set_name": self.name})
+                                                                       "set_name": self.name,
+                                                                       "outstanding_markers": outstanding})
+                for result in answer.get("marker_results", []):
+                    self.repl.marker_result(result["id"], result)
                 sock.settimeout(120)
                 backoff = 0.1
                 self.last_error = None

@@ -1,0 +1,102 @@
+"""Two real nodes on loopback (source and destination) with an AIM set between them, driven
+through the control API client the CLI uses."""
+
+import os
+import signal
+import time
+
+from orchestrator.node_client import RemoteNode
+
+from .nodeproc import NodeProc, start_node
+
+
+class Side:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.proc: NodeProc = start_node(root)
+        self.ports = {"api": self.proc.api.removeprefix("http://"), "nbd": self.proc.nbd, "aim": self.proc.aim}
+        self.api = self._client()
+
+    def _client(self) -> RemoteNode:
+        return RemoteNode(self.proc.api, self.proc.token, timeout=120)
+
+    def restart(self, sig: int = signal.SIGKILL) -> None:
+        self.api.close()
+        self.proc.stop(sig)
+        self.proc = start_node(self.root, ports=self.ports)
+        self.api = self._client()
+
+    def stop(self) -> int:
+        self.api.close()
+        return self.proc.stop(signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.proc.log()
+
+
+class Pair:
+    def __init__(self, tmp_path) -> None:
+        self.src = Side(str(tmp_path / "src"))
+        self.dst = Side(str(tmp_path / "dst"))
+
+    def stop(self) -> None:
+        assert self.src.stop() == 0, self.src.log()
+        assert self.dst.stop() == 0, self.dst.log()
+
+    def replicate(self, volume: str, size: int, *, dest_snapshots=("pit",), journal_limit="1GiB",
+                  to: str | None = None, source_exists: bool = False) -> str:
+        """Create VOLUME on the source, VOLUME-dr (with differential VOLUME-dr-pit) at the
+        destination, and the AIM set VOLUME-aim between them; wait until it replicates."""
+        if not source_exists:
+            self.src.api.create_volume(volume, size)
+        self.dst.api.create_volume(f"{volume}-dr", size)
+        for kind in dest_snapshots:
+            self.dst.api.create_snapshot(f"{volume}-dr-{kind}", f"{volume}-dr",
+                                         "differential" if kind == "pit" else "complete-image")
+        self.src.api.replication.create(f"{volume}-aim", volume, f"{to or self.dst.proc.aim}/{volume}-dr",
+                                        self.dst.proc.token, journal_limit)
+        self.wait_state(f"{volume}-aim", "replicating")
+        return f"{volume}-aim"
+
+    def wait_state(self, aim: str, state: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.src.api.replication.info(aim)
+            if info["state"] == state or time.monotonic() > deadline:
+                assert info["state"] == state, (info, self.src.log()[-2000:])
+                return info
+            time.sleep(0.05)
+
+    def wait_caught_up(self, aim: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.src.api.replication.info(aim)
+            if info["state"] == "replicating" and info["queued_entries"] == 0 and info["acked_seq"] == info["last_seq"]:
+                return info
+            assert time.monotonic() < deadline, (info, self.src.log()[-2000:])
+            time.sleep(0.05)
+
+    def marker(self, aim: str, snapshot: str, label: str | None = None, wait: float = 60) -> dict:
+        m = self.src.api.replication.issue_marker(aim, snapshot, label)
+        return self.src.api.replication.wait(m["id"], wait) if wait else m
+
+
+def read_all(node: RemoteNode, volume: str, size: int) -> bytes:
+    out = bytearray()
+    for off in range(0, size, 16 << 20):
+        out += node.read(volume, off, min(16 << 20, size - off))
+    return bytes(out)
+
+
+def read_point(node: RemoteNode, snapshot: str, point: str | None, size: int) -> bytes:
+    out = bytearray()
+    for off in range(0, size, 16 << 20):
+        out += node.read_snapshot(snapshot, point, off, min(16 << 20, size - off))
+    return bytes(out)
+
+
+def random_writes(node: RemoteNode, volume: str, size: int, rng, count: int, max_len: int = 20000) -> None:
+    for _ in range(count):
+        length = rng.randrange(1, max_len)
+        offset = rng.randrange(0, size - length)
+        node.write(volume, offset, os.urandom(length))
