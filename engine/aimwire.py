@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import socket
+import ssl
 import struct
 
 from . import frames
@@ -110,7 +111,30 @@ def server_accept(sock: socket.socket, token: str, challenge: bytes, nonce: byte
     send_message(sock, {"ok": True, "mac": mac(token, b"server", nonce, challenge), **answer})
 
 
-def connect(host: str, port: int, timeout: float = 10.0) -> socket.socket:
+def connect(host: str, port: int, timeout: float = 10.0, tls: ssl.SSLContext | None = None) -> socket.socket:
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(sock, server_hostname=host)
+        except (ssl.SSLError, ssl.CertificateError) as e:
+            sock.close()
+            raise WireError(f"TLS handshake failed: {e}") from None
     return sock
+
+
+def client_tls(ca_file: str) -> ssl.SSLContext:
+    """Trust exactly the destination's certificate authority (or self-signed certificate)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False  # the pinned CA is the identity; AIM ports are often addressed by IP
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(ca_file)
+    return ctx
+
+
+def server_tls(cert_file: str, key_file: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx

@@ -57,6 +57,9 @@ _MIGRATIONS = [
         PRIMARY KEY (set_id, marker_id));
     CREATE TABLE applied_group_markers (group_marker TEXT PRIMARY KEY, result TEXT NOT NULL);
     """,
+    """
+    ALTER TABLE aim_sets ADD COLUMN tls INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

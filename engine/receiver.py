@@ -73,8 +73,8 @@ class GroupBarriers:
 
 
 class Receiver:
-    def __init__(self, node, token: str) -> None:
-        self.node, self.token = node, token
+    def __init__(self, node, token: str, tls=None) -> None:
+        self.node, self.token, self.tls = node, token, tls
         self.groups = GroupBarriers(node.meta)
         self.streams: dict[str, socket.socket] = {}  # set id -> its current connection
         self.lock = threading.Lock()
@@ -147,6 +147,11 @@ class Receiver:
         conn.settimeout(30)
         set_id = None
         try:
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (OSError, ValueError) as e:
+                    raise WireError(f"TLS handshake failed: {e}") from None
             hello, challenge, nonce = aimwire.server_handshake(conn, self.token)
             op, set_id = hello.get("op"), str(hello.get("set_id", ""))
             if op in ("probe", "claim"):

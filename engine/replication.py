@@ -53,6 +53,7 @@ class AimSet:
         self.dir = repl.set_dir(self.name)
         with open(os.path.join(self.dir, "dest.token")) as f:
             self.token = f.read().strip()
+        self.tls = aimwire.client_tls(os.path.join(self.dir, "dest-ca.pem")) if row["tls"] else None
         self.journal = Journal(os.path.join(self.dir, "journal"))
         self.dirty = BlockBitmap(os.path.join(self.dir, "dirty.bm"), volume.nblocks)
         self.acked_seq, self.checkpoint_seq = row["acked_seq"], row["checkpoint_seq"]
@@ -193,7 +194,7 @@ class AimSet:
                 continue
             sock = None
             try:
-                sock = aimwire.connect(self.host, self.port)
+                sock = aimwire.connect(self.host, self.port, tls=self.tls)
                 self._sock = sock
                 # markers the destination may have applied while their acknowledgement was lost
                 outstanding = [r["id"] for r in self.meta.query(
@@ -349,7 +350,7 @@ class AimSet:
         lag = max(0.0, time.time() - self.oldest_ns / 1e9) if self.oldest_ns and self.unacked_entries > 0 else 0.0
         last = self.meta.one("SELECT id, applied_at, point, snapshot, snapshot_set FROM markers WHERE aim_set=? "
                              "AND state='applied' ORDER BY id DESC LIMIT 1", self.name)
-        return {"name": self.name, "state": self.state, "source": self.volume.name,
+        return {"name": self.name, "state": self.state, "source": self.volume.name, "tls": self.tls is not None,
                 "destination": f"{self.host}:{self.port}/{self.dest_volume}",
                 "overflowed": self.overflowed, "dirty_blocks": self.dirty.count(),
                 "queued_entries": max(self.unacked_entries, 0), "queued_bytes": max(self.unacked_bytes, 0),
@@ -425,7 +426,9 @@ class Replication:
             raise NotFound(f"AIM set {name!r} does not exist") from None
 
     # -- AIM sets ----------------------------------------------------------------------------------------
-    def create(self, name: str, source: str, to: str, token: str, journal_limit: str | int | None = None) -> dict:
+    def create(self, name: str, source: str, to: str, token: str, journal_limit: str | int | None = None,
+               tls_ca: str | None = None) -> dict:
+        """``tls_ca``: the PEM text of the certificate (or CA) the destination's AIM port must present."""
         from .node import check_name, iso
         check_name("AIM set", name)
         host, port, dest_volume = parse_to(to)
@@ -443,12 +446,25 @@ class Replication:
             if vol.replica_of:
                 raise Conflict(f"volume {source!r} is itself an AIM destination")
             set_id = uuid.uuid4().hex
-            self._call_destination(host, port, token, {"op": "claim", "set_id": set_id, "set_name": name,
-                                                       "volume": dest_volume, "size": vol.size,
-                                                       "source": f"{source}"})
             d = self.set_dir(name)
             shutil.rmtree(d, ignore_errors=True)
             os.makedirs(d)
+            tls = None
+            if tls_ca:
+                with open(os.path.join(d, "dest-ca.pem"), "w") as f:
+                    f.write(tls_ca)
+                try:
+                    tls = aimwire.client_tls(os.path.join(d, "dest-ca.pem"))
+                except (OSError, ValueError) as e:
+                    shutil.rmtree(d, ignore_errors=True)
+                    raise InvalidInput(f"the destination TLS certificate is not usable: {e}") from None
+            try:
+                self._call_destination(host, port, token, {"op": "claim", "set_id": set_id, "set_name": name,
+                                                           "volume": dest_volume, "size": vol.size,
+                                                           "source": f"{source}"}, tls)
+            except EngineError:
+                shutil.rmtree(d, ignore_errors=True)
+                raise
             fd = os.open(os.path.join(d, "dest.token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token)
@@ -457,8 +473,9 @@ class Replication:
                 BlockBitmap.create(os.path.join(d, "dirty.bm"), vol.nblocks,
                                    ((s // bs, (e - 1) // bs) for s, e in data_extents(vol.fd, vol.size))).close()
                 self.meta.execute("INSERT INTO aim_sets (name, id, source, dest_host, dest_port, dest_volume, "
-                                  "journal_limit, overflowed, created_at) VALUES (?,?,?,?,?,?,?,1,?)",
-                                  name, set_id, source, host, port, dest_volume, limit, iso(self.node.clock()))
+                                  "journal_limit, overflowed, created_at, tls) VALUES (?,?,?,?,?,?,?,1,?,?)",
+                                  name, set_id, source, host, port, dest_volume, limit, iso(self.node.clock()),
+                                  int(tls is not None))
                 aim = AimSet(self, self.meta.one("SELECT * FROM aim_sets WHERE name=?", name), vol)
                 vol.observers.append(aim)
             self.sets[name] = aim
@@ -466,9 +483,9 @@ class Replication:
                 aim.start()
             return self.info(name)
 
-    def _call_destination(self, host: str, port: int, token: str, hello: dict) -> dict:
+    def _call_destination(self, host: str, port: int, token: str, hello: dict, tls=None) -> dict:
         try:
-            with aimwire.connect(host, port) as sock:
+            with aimwire.connect(host, port, tls=tls) as sock:
                 return aimwire.client_handshake(sock, token, hello)
         except WireError as e:
             raise Conflict(f"destination {host}:{port} refused: {e}") from None
@@ -495,7 +512,7 @@ class Replication:
                 aim.volume.observers.remove(aim)
             aim.close()
             try:
-                self._call_destination(aim.host, aim.port, aim.token, {"op": "release", "set_id": aim.id})
+                self._call_destination(aim.host, aim.port, aim.token, {"op": "release", "set_id": aim.id}, aim.tls)
             except EngineError as e:
                 log.warning("aim %s: could not release the destination volume: %s", name, e)
             self.meta.execute("DELETE FROM aim_sets WHERE name=?", name)
@@ -577,8 +594,9 @@ class Replication:
                                  (aim.name, group, group_id, snapshot, snapshot_set, label, "issued", iso(now)))
                 marker_id = cur.lastrowid
             if aim.overflowed:
-                self.marker_result(marker_id, {"state": "failed", "error": f"AIM set {aim.name!r} is over its journal "
-                                               "limit: markers resume after the resync"})
+                self.marker_result(marker_id, {"state": "failed", "error": f"AIM set {aim.name!r} is tracking dirty "
+                                               "blocks (its initial sync, or the journal limit was reached): markers "
+                                               "resume after the resync"})
             else:
                 payload = {"id": marker_id, "snapshot": snapshot, "label": label, "point": point_stamp(now),
                            "issued_at": iso(now)}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from . import aimwire
 from .api import make_app
 from .errors import InvalidInput
 from .fsutil import atomic_write
@@ -69,7 +70,8 @@ def _address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None) -> None:
+async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None,
+                aim_tls: tuple[str, str] | None = None) -> None:
     os.makedirs(root, exist_ok=True)
     token_file = token_file or os.path.join(root, "api.token")
     token, created = load_or_create_token(token_file)
@@ -81,7 +83,7 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
     await runner.setup()
     await web.SockSite(runner, sockets["api"]).start()
     nbd_server.start(sockets["nbd"])
-    receiver = Receiver(node, token)
+    receiver = Receiver(node, token, aimwire.server_tls(*aim_tls) if aim_tls else None)
     receiver.start(sockets["aim"])
     node.replication.start()
 
@@ -108,8 +110,16 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
     print("aimsnap node stopped cleanly", flush=True)
 
 
-def run(root: str, api: str, nbd: str, aim: str, token_file: str | None) -> int:
+def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
+        aim_tls_cert: str | None = None, aim_tls_key: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     listens = (Listen.parse(api, "api"), Listen.parse(nbd, "nbd"), Listen.parse(aim, "aim"))
-    asyncio.run(serve(root, *listens, token_file))
+    if bool(aim_tls_cert) != bool(aim_tls_key):
+        raise InvalidInput("TLS on the AIM port needs both --aim-tls-cert and --aim-tls-key")
+    if aim_tls_cert:
+        try:
+            aimwire.server_tls(aim_tls_cert, aim_tls_key)  # fail now, with a clear message
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"cannot load the AIM TLS certificate or key: {e}") from None
+    asyncio.run(serve(root, *listens, token_file, (aim_tls_cert, aim_tls_key) if aim_tls_cert else None))
     return 0

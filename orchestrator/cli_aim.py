@@ -29,14 +29,17 @@ def aim() -> None:
               help="The destination node's token file (used for HMAC; never sent).")
 @click.option("--journal-limit", default="1GiB", show_default=True,
               help="Past this, the set tracks dirty blocks and resynchronises later.")
+@click.option("--to-tls-ca", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Connect with TLS, trusting this certificate (or CA) for the destination's AIM port.")
 @json_option
 @pass_target
 def aim_create(target: Target, name: str, source: str, to: str, to_token_file: str, journal_limit: str,
-               as_json: bool) -> None:
+               to_tls_ca: str | None, as_json: bool) -> None:
     """Create an AIM set; the destination volume must exist with the same size."""
     token = read_token(to_token_file)
+    tls_ca = open(to_tls_ca).read() if to_tls_ca else None
     with target.node() as node:
-        info = node.replication.create(name, source, to, token, journal_limit)
+        info = node.replication.create(name, source, to, token, journal_limit, tls_ca)
     print_json(info) if as_json else click.echo(f"created AIM set {name}: {source} -> {to}")
 
 

@@ -18,7 +18,11 @@ def node() -> None:
 @click.option("--aim", default="127.0.0.1:7411", show_default=True, help="AIM replication address.")
 @click.option("--token-file", "serve_token_file", default=None, type=click.Path(dir_okay=False),
               help="API token file; created with a random token (mode 0600) if absent [default: ROOT/api.token].")
+@click.option("--aim-tls-cert", default=None, type=click.Path(dir_okay=False), help="Serve the AIM port over TLS.")
+@click.option("--aim-tls-key", default=None, type=click.Path(dir_okay=False), help="The certificate's key.")
 @click.pass_obj
-def serve(target, node_root: str | None, api: str, nbd: str, aim: str, serve_token_file: str | None) -> int:
+def serve(target, node_root: str | None, api: str, nbd: str, aim: str, serve_token_file: str | None,
+          aim_tls_cert: str | None, aim_tls_key: str | None) -> int:
     """Serve the control API, NBD exports and the AIM port of a node root until SIGTERM."""
-    return server.run(node_root or target.root, api, nbd, aim, serve_token_file or target.token_file)
+    return server.run(node_root or target.root, api, nbd, aim, serve_token_file or target.token_file,
+                      aim_tls_cert, aim_tls_key)

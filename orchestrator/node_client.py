@@ -146,8 +146,11 @@ class RemoteReplication:
     def _r(self, *a, **kw):
         return self.node._request(*a, **kw)
 
-    def create(self, name: str, source: str, to: str, token: str, journal_limit: str | int | None = None) -> dict:
+    def create(self, name: str, source: str, to: str, token: str, journal_limit: str | int | None = None,
+               tls_ca: str | None = None) -> dict:
         body = {"name": name, "source": source, "to": to, "token": token}
+        if tls_ca:
+            body["tls_ca"] = tls_ca
         if journal_limit is not None:
             body["journal_limit"] = journal_limit
         return self._r("POST", "/v1/aim-sets", body=body)

@@ -40,20 +40,23 @@ class NodeProc:
             return f.read()
 
 
-def start_node(root: str, *, token_file: str | None = None, timeout: float = 20, ports: dict | None = None) -> NodeProc:
+def start_node(root: str, *, token_file: str | None = None, timeout: float = 20, ports: dict | None = None,
+               extra: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> NodeProc:
     os.makedirs(root, exist_ok=True)
     info_path = os.path.join(root, "node.json")
     if os.path.exists(info_path):
         os.unlink(info_path)
     ports = ports or {}
-    args = [sys.executable, "-m", "orchestrator", "node", "serve", "--root", root,
+    args = [*prefix, sys.executable, "-m", "orchestrator", "node", "serve", "--root", root,
             "--api", ports.get("api", "127.0.0.1:0"), "--nbd", ports.get("nbd", "127.0.0.1:0"),
             "--aim", ports.get("aim", "127.0.0.1:0")]
     if token_file:
         args += ["--token-file", token_file]
+    args += list(extra)
     log_path = f"{root}.log"
     log = open(log_path, "ab")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     deadline = time.monotonic() + timeout
     while not os.path.exists(info_path):
         if proc.poll() is not None or time.monotonic() > deadline:
