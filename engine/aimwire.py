@@ -67,6 +67,57 @@ def recv_frame(sock: socket.socket) -> frames.Frame:
         raise WireError(str(e)) from None
 
 
+class FrameReader:
+    """Frames from a socket through one buffer: many frames per ``recv``, and a way to ask
+    whether another complete frame is already here (so a receiver knows when it is idle)."""
+
+    def __init__(self, sock: socket.socket, recv_size: int = 1 << 20) -> None:
+        self.sock, self.recv_size = sock, recv_size
+        self.buf = bytearray()
+        self.start = 0
+
+    def next(self, block: bool = True, wait: float | None = None) -> frames.Frame | None:
+        """The next frame; None if none is complete and ``block`` is false, or none arrived within
+        ``wait`` seconds."""
+        while True:
+            frame = self._parse()
+            if frame is not None or not block:
+                return frame
+            if wait is not None:
+                old = self.sock.gettimeout()
+                self.sock.settimeout(wait)
+                try:
+                    data = self.sock.recv(self.recv_size)
+                except TimeoutError:
+                    return None
+                finally:
+                    self.sock.settimeout(old)
+            else:
+                data = self.sock.recv(self.recv_size)
+            if not data:
+                raise ConnectionError("connection closed by peer")
+            if self.start > len(self.buf) // 2:
+                del self.buf[:self.start]
+                self.start = 0
+            self.buf += data
+
+    def _parse(self) -> frames.Frame | None:
+        avail = len(self.buf) - self.start
+        if avail < frames.HEADER_SIZE:
+            return None
+        head = bytes(self.buf[self.start:self.start + frames.HEADER_SIZE])
+        try:
+            ftype, _seq, _off, _t, length, _crc = frames.parse_header(head)
+            end = self.start + frames.HEADER_SIZE + frames.payload_length(ftype, length)
+            if end > len(self.buf):
+                return None
+            frame = frames.decode(head, bytes(self.buf[self.start + frames.HEADER_SIZE:end]))
+        except frames.FrameError as e:
+            raise WireError(str(e)) from None
+        self.start = end
+        return frame
+
+
 def send_frame(sock: socket.socket, frame: frames.Frame) -> int:
     raw = frame.encode()
     sock.sendall(raw)

@@ -44,10 +44,14 @@ class Frame:
         return self.length if self.type == ZERO else len(self.payload)
 
     def encode(self) -> bytes:
-        length = self.length if self.type == ZERO else len(self.payload)
-        head = HEADER.pack(MAGIC, self.type, 0, 0, self.seq, self.offset, self.time_ns, length, 0)[:-4]
-        crc = zlib.crc32(self.payload, zlib.crc32(head))
-        return head + struct.pack(">I", crc) + self.payload
+        return header(self.type, self.seq, self.offset, self.time_ns, self.payload, self.length) + self.payload
+
+
+def header(ftype: int, seq: int, offset: int, time_ns: int, payload: bytes | memoryview, length: int = -1) -> bytes:
+    """The header of a frame whose payload is ``payload`` (sent or written right after it)."""
+    n = length if ftype == ZERO else len(payload)
+    head = HEADER.pack(MAGIC, ftype, 0, 0, seq, offset, time_ns, n, 0)[:-4]
+    return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head)))
 
 
 def parse_header(raw: bytes) -> tuple[int, int, int, int, int, int]:

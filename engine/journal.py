@@ -30,6 +30,7 @@ class Journal:
         os.makedirs(directory, exist_ok=True)
         self.segments: list[Segment] = []
         self._fd: int | None = None
+        self._unsynced: list[int] = []  # earlier segments written since the last sync()
         self.next_seq = 1
         self._recover()
 
@@ -60,22 +61,23 @@ class Journal:
                length: int = -1) -> tuple[int, int]:
         """Append one entry; return its sequence number and size. Durable after :meth:`sync`."""
         seq = self.next_seq
-        raw = frames.Frame(ftype, seq, offset, time_ns, bytes(payload), length).encode()
+        head = frames.header(ftype, seq, offset, time_ns, payload, length)
         if not self.segments or self.segments[-1].size >= SEGMENT_BYTES or self._fd is None:
             self._roll(seq, time_ns)
         seg = self.segments[-1]
-        os.pwrite(self._fd, raw, seg.size)  # type: ignore[arg-type]
-        seg.size += len(raw)
+        size = len(head) + len(payload)
+        if os.pwritev(self._fd, [head, payload], seg.size) != size:  # type: ignore[arg-type]
+            raise OSError("short write to the AIM journal")
+        seg.size += size
         if seg.last == 0:
             seg.first_time_ns = time_ns
         seg.last = seq
         self.next_seq = seq + 1
-        return seq, len(raw)
+        return seq, size
 
     def _roll(self, first: int, time_ns: int) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
+        if self._fd is not None:  # made durable by the next sync(), not here on the write path
+            self._unsynced.append(self._fd)
         if self.segments and self.segments[-1].size < SEGMENT_BYTES:  # reopen the tail after a restart
             seg = self.segments[-1]
         else:
@@ -85,6 +87,10 @@ class Journal:
         fsync_dir(self.dir)
 
     def sync(self) -> None:
+        while self._unsynced:
+            fd = self._unsynced.pop(0)
+            os.fdatasync(fd)
+            os.close(fd)
         if self._fd is not None:
             os.fdatasync(self._fd)
 
@@ -111,6 +117,9 @@ class Journal:
 
     def reset(self, next_seq: int) -> None:
         """Drop every entry (after they were turned into a dirty bitmap); continue at ``next_seq``."""
+        for fd in self._unsynced:
+            os.close(fd)
+        self._unsynced = []
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -134,8 +143,8 @@ class Journal:
         return entries, nbytes, oldest
 
     def close(self) -> None:
+        self.sync()
         if self._fd is not None:
-            os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
 
@@ -156,35 +165,62 @@ def _scan_headers(path: str, limit: int):
 
 
 class Cursor:
-    """Reads a journal forward from a sequence number, remembering where it is, so that a sender
-    that keeps up reads each entry once."""
+    """Reads a journal forward as raw bytes, from a sequence number, remembering where it is.
+
+    A sender ships byte ranges, not entries: frames are self-delimiting and the receiver
+    reassembles them, so only the first header of each range is parsed here (for its time)."""
+
+    CHUNK = 4 << 20
 
     def __init__(self, journal: Journal, seq: int) -> None:
         self.journal, self.seq = journal, seq
         self._seg_first: int | None = None
         self._pos = 0
+        self._file = None  # the segment being read, kept open between calls
 
-    def read_available(self, upto: int) -> Iterator[tuple[frames.Frame, bytes]]:
-        """Entries from the cursor up to sequence ``upto``."""
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def ranges(self, landed_seq: int, tail_first: int, tail_size: int) -> Iterator[tuple[int, int, int, bytes]]:
+        """(first seq, last seq, time_ns of the first, bytes) of what is journaled and landed: up to
+        ``landed_seq``, and in the tail segment (first sequence ``tail_first``) up to ``tail_size``
+        bytes, both read together under the volume lock. A long range comes in several pieces; only
+        the last carries its sequence numbers (the others have first = last = 0)."""
         for seg in list(self.journal.segments):
-            if seg.last < self.seq:
+            if seg.last < self.seq or seg.first > landed_seq:
                 continue
-            if seg.first != self._seg_first:
-                self._seg_first, self._pos = seg.first, 0
-            limit = seg.size
-            with open(seg.path, "rb") as f:
-                f.seek(self._pos)
-                while self._pos < limit:
-                    head = f.read(frames.HEADER_SIZE)
-                    ftype, seq, _off, _t, length, _crc = frames.parse_header(head)
-                    if seq > upto:
-                        return
-                    payload = f.read(frames.payload_length(ftype, length))
-                    frame = frames.decode(head, payload)  # a corrupt journal stops the sender loudly
-                    self._pos += len(head) + len(payload)
-                    if frame.seq >= self.seq:
-                        self.seq = frame.seq + 1
-                        yield frame, head + payload
+            if seg.first != self._seg_first or self._file is None:
+                self.close()
+                self._file = open(seg.path, "rb")
+                self._seg_first, self._pos = seg.first, self._offset_of(self._file, seg, self.seq)
+            end, last = (tail_size, landed_seq) if seg.first == tail_first else (seg.size, seg.last)
+            if self._pos >= end:
+                continue
+            f = self._file
+            f.seek(self._pos)
+            head = f.read(frames.HEADER_SIZE)
+            first_time = frames.parse_header(head)[3]
+            f.seek(self._pos)
+            while self._pos < end:
+                piece = f.read(min(self.CHUNK, end - self._pos))
+                self._pos += len(piece)
+                done = self._pos >= end
+                yield (self.seq, last, first_time, piece) if done else (0, 0, 0, piece)
+            self.seq = last + 1
+
+    @staticmethod
+    def _offset_of(f, seg: Segment, seq: int) -> int:
+        """Byte offset of entry ``seq`` in a segment (headers only; once per segment opened)."""
+        pos = 0
+        while pos < seg.size:
+            f.seek(pos)
+            ftype, s, _off, _t, length, _crc = frames.parse_header(f.read(frames.HEADER_SIZE))
+            if s >= seq:
+                return pos
+            pos += frames.HEADER_SIZE + frames.payload_length(ftype, length)
+        return pos
 
 
 def _scan(path: str, with_raw: bool = False, limit: int | None = None):

@@ -4,7 +4,6 @@ into enabled snapshots (or, for a group, one snapshot set once every member has 
 
 import json
 import logging
-import select
 import socket
 import threading
 import time
@@ -17,6 +16,7 @@ from .volume import Volume
 
 log = logging.getLogger("aimsnap.aim.receiver")
 ACK_EVERY_BYTES = 8 << 20
+ACK_DELAY = 0.01  # seconds of quiet before applied writes are flushed and acknowledged
 GROUP_TIMEOUT = 300.0
 
 
@@ -209,10 +209,20 @@ class Receiver:
     # -- applying ---------------------------------------------------------------------------------------
     def _apply_loop(self, conn: socket.socket, b: Binding) -> None:
         vol = self.node.volume(b.volume)
+        reader = aimwire.FrameReader(conn)
         applied = acked = b.applied_seq
         unacked_bytes = 0
         while True:
-            f = aimwire.recv_frame(conn)
+            # a short pause in the stream is not idleness: one fdatasync covers what comes within it
+            f = reader.next(wait=ACK_DELAY) if applied != acked else reader.next(block=False)
+            if f is None or unacked_bytes >= ACK_EVERY_BYTES:
+                if applied != acked:  # idle, or a batch is complete: make it durable, then say so
+                    vol.flush()
+                    self.node.meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", applied, b.set_id)
+                    acked, unacked_bytes = applied, 0
+                    self._send_ack(conn, applied, [])
+                if f is None:
+                    f = reader.next()
             if f.type in (frames.WRITE, frames.ZERO, frames.MARKER):
                 if f.seq <= applied:
                     continue  # already applied before a reconnect
@@ -221,20 +231,19 @@ class Receiver:
                 if f.type == frames.MARKER:
                     result = self._marker(b, vol, f)
                     applied = acked = f.seq
+                    unacked_bytes = 0
                     self._send_ack(conn, applied, [result])
-                    continue
-                if f.type == frames.WRITE:
+                elif f.type == frames.WRITE:
                     vol.apply_write(f.offset, f.payload)
+                    applied = f.seq
+                    unacked_bytes += len(f.payload)
                 else:
                     vol.apply_zeroes(f.offset, f.length)
-                applied = f.seq
-                unacked_bytes += f.size
+                    applied = f.seq
             elif f.type == frames.RESYNC_BEGIN:
                 self.node.meta.execute("UPDATE aim_targets SET resyncing=1 WHERE set_id=?", b.set_id)
-                continue
             elif f.type == frames.RESYNC_BLOCK:
                 vol.apply_write(f.offset, f.payload)
-                unacked_bytes += len(f.payload)
             elif f.type == frames.RESYNC_END:
                 info = json.loads(f.payload)
                 vol.flush()
@@ -243,14 +252,8 @@ class Receiver:
                                        "WHERE set_id=?", applied, b.consistent_from, b.set_id)
                 acked = applied
                 self._send_ack(conn, applied, [])
-                continue
-            if applied != acked or f.type == frames.HEARTBEAT:
-                idle = not select.select([conn], [], [], 0)[0]
-                if idle or unacked_bytes >= ACK_EVERY_BYTES or f.type == frames.HEARTBEAT:
-                    vol.flush()
-                    self.node.meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", applied, b.set_id)
-                    acked, unacked_bytes = applied, 0
-                    self._send_ack(conn, applied, [])
+            elif f.type == frames.HEARTBEAT and applied == acked:
+                self._send_ack(conn, applied, [])  # tells the source we are alive and where we are
 
     def _send_ack(self, conn: socket.socket, seq: int, markers: list[dict]) -> None:
         payload = json.dumps({"markers": markers}).encode() if markers else b""

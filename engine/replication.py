@@ -35,6 +35,8 @@ TO_RE = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})/(?P<volume
 DEFAULT_JOURNAL_LIMIT = 1 << 30
 HEARTBEAT_SECONDS = 2.0
 RESYNC_RUN_BLOCKS = 64
+SMALL_BATCH = 1 << 20
+BATCH_DELAY = 0.002
 
 
 def parse_to(text: str) -> tuple[str, int, str]:
@@ -65,8 +67,11 @@ class AimSet:
         self.cond = threading.Condition()
         self.closing = False
         self.generation = 0  # bumped by an overflow: the sender drops what it is doing
+        self.sender_idle = False
+        self._persisted_at = 0.0
         self.replaying = False
-        self.inflight: collections.deque[tuple[int, int, int]] = collections.deque()  # (seq, bytes, time_ns)
+        # ranges sent, not yet acknowledged: (last seq, entries, bytes, time_ns of the first)
+        self.inflight: collections.deque[tuple[int, int, int, int]] = collections.deque()
         self.unacked_entries, self.unacked_bytes, self.oldest_ns = self.journal.backlog(self.acked_seq)
         self.acked_at = time.time()
         self._sock = None
@@ -96,8 +101,9 @@ class AimSet:
         self.unacked_entries += 1
         self.unacked_bytes += size
         self.oldest_ns = self.oldest_ns or now
-        with self.cond:
-            self.cond.notify_all()
+        if self.sender_idle:  # wake the sender only when it sleeps: a condition per write costs IOPS
+            with self.cond:
+                self.cond.notify_all()
 
     def flush(self) -> None:
         self.journal.sync()
@@ -152,8 +158,9 @@ class AimSet:
     def checkpoint(self) -> None:
         """Everything journaled so far is in the volume and durable (caller flushed it)."""
         self.checkpoint_seq = self.journal.next_seq - 1
-        self.meta.execute("UPDATE aim_sets SET checkpoint_seq=?, bytes_written=?, bytes_sent=? WHERE name=?",
-                          self.checkpoint_seq, self.bytes_written, self.bytes_sent, self.name)
+        self.meta.execute("UPDATE aim_sets SET checkpoint_seq=?, acked_seq=?, bytes_written=?, bytes_sent=? "
+                          "WHERE name=?", self.checkpoint_seq, self.acked_seq, self.bytes_written, self.bytes_sent,
+                          self.name)
 
     # -- the sender ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -246,21 +253,36 @@ class AimSet:
         reader = threading.Thread(target=self._read_acks, args=(sock,), daemon=True)
         reader.start()
         cursor = Cursor(self.journal, start)
+        try:
+            self._stream(sock, cursor, reader, generation)
+        finally:
+            cursor.close()
+
+    def _stream(self, sock, cursor: Cursor, reader: threading.Thread, generation: int) -> None:
         while not self.closing and not self.paused and generation == self.generation and reader.is_alive():
-            sent = 0
+            sent, range_bytes = False, 0
             with self.volume.lock:  # entries appended under this lock have their data in the volume too
                 landed = self.journal.next_seq - 1
-            for frame, raw in cursor.read_available(landed):
-                self.inflight.append((frame.seq, len(raw), frame.time_ns))
-                sock.sendall(raw)
-                sent += 1
-                self.bytes_sent += len(raw)
+                tail = self.journal.segments[-1] if self.journal.segments else None
+                tail_first, tail_size = (tail.first, tail.size) if tail else (0, 0)
+            for first, last, time_ns, piece in cursor.ranges(landed, tail_first, tail_size):
+                sock.sendall(piece)
+                self.bytes_sent += len(piece)
+                range_bytes += len(piece)
+                sent = True
+                if last:
+                    self.inflight.append((last, last - first + 1, range_bytes, time_ns))
+                    range_bytes = 0
                 if generation != self.generation:
                     break
+            if sent and range_bytes == 0 and self.unacked_bytes < SMALL_BATCH:
+                time.sleep(BATCH_DELAY)  # let a trickle of small writes gather into one send
             if not sent:
                 with self.cond:
+                    self.sender_idle = True
                     if cursor.seq >= self.journal.next_seq:
                         self.cond.wait(HEARTBEAT_SECONDS)
+                    self.sender_idle = False
                 if cursor.seq >= self.journal.next_seq:
                     self.bytes_sent += aimwire.send_frame(sock, frames.Frame(frames.HEARTBEAT, time_ns=time.time_ns()))
         raise ConnectionError("stream ended")
@@ -282,19 +304,22 @@ class AimSet:
         if seq <= self.acked_seq:
             return
         with self.volume.lock:  # the counters are also moved by appends, under this lock
-            while self.inflight and self.inflight[0][0] <= seq:
-                _, size, _ = self.inflight.popleft()
-                self.unacked_entries -= 1
+            while self.inflight and self.inflight[0][0] <= seq:  # whole ranges the destination has
+                _, count, size, _ = self.inflight.popleft()
+                self.unacked_entries -= count
                 self.unacked_bytes -= size
             self.acked_seq = seq
             self.acked_at = time.time()
             if self.inflight:
-                self.oldest_ns = self.inflight[0][2]
+                self.oldest_ns = self.inflight[0][3]
             elif self.unacked_entries <= 0:
                 self.unacked_entries = self.unacked_bytes = self.oldest_ns = 0
             self.journal.reclaim(seq)
-        self.meta.execute("UPDATE aim_sets SET acked_seq=?, bytes_written=?, bytes_sent=? WHERE name=?",
-                          seq, self.bytes_written, self.bytes_sent, self.name)
+        # persisted at most once a second: after a crash the destination says where it is anyway
+        if time.monotonic() - self._persisted_at >= 1.0:
+            self._persisted_at = time.monotonic()
+            self.meta.execute("UPDATE aim_sets SET acked_seq=?, bytes_written=?, bytes_sent=? WHERE name=?",
+                              seq, self.bytes_written, self.bytes_sent, self.name)
 
     def _resync(self, sock, *, full: bool, generation: int) -> int:
         """Copy the dirty blocks' current content, then let the journal take over from where it
