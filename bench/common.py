@@ -50,3 +50,26 @@ def drop_caches() -> None:
             f.write("3\n")
     except OSError:
         pass
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vm_hwm_mib(pid: int) -> float:
+    """Peak RSS of another process."""
+    with open(f"/proc/{pid}/status") as f:
+        return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), 0.0)
+
+
+def fio_iops(uri: str, rw: str, seconds: int, size: int) -> float:
+    """IOPS of fio's nbd engine, 4 KiB blocks at iodepth 16."""
+    import subprocess
+    out = subprocess.run(["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", "--bs=4k",
+                          "--iodepth=16", f"--size={size}", "--time_based", f"--runtime={seconds}",
+                          "--output-format=json"], capture_output=True, text=True, check=True).stdout
+    job = json.loads(out[out.index("{"):])["jobs"][0]
+    return job["read" if "read" in rw else "write"]["iops"]

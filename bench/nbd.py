@@ -9,7 +9,6 @@
 """
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -19,18 +18,12 @@ import sys
 import tempfile
 import time
 
-from common import emit, median, timed
+from common import emit, fio_iops, free_port, median, timed, vm_hwm_mib
 
 sys.path.append(os.path.join(os.path.dirname(__file__), "..", "tests"))
 from nodeproc import start_node  # noqa: E402
 
 from engine import parse_size  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_nbdkit(path: str) -> tuple[subprocess.Popen, str]:
@@ -44,22 +37,6 @@ def start_nbdkit(path: str) -> tuple[subprocess.Popen, str]:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("nbdkit did not start")
-
-
-def fio(uri: str, rw: str, seconds: int, size: int) -> float:
-    out = subprocess.run(["fio", "--name=bench", "--ioengine=nbd", f"--uri={uri}", f"--rw={rw}", "--bs=4k",
-                          "--iodepth=16", f"--size={size}", "--time_based", f"--runtime={seconds}",
-                          "--output-format=json"], capture_output=True, text=True, check=True).stdout
-    job = json.loads(out[out.index("{"):])["jobs"][0]
-    return job["read" if "read" in rw else "write"]["iops"]
-
-
-def vm_hwm_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def main() -> None:
@@ -104,7 +81,7 @@ def main() -> None:
                 iops: dict[str, list[float]] = {"aimsnap": [], "nbdkit": []}
                 for i in range(args.repeat):
                     for name, uri in (("aimsnap", ours), ("nbdkit", kit_uri))[:: 1 if i % 2 == 0 else -1]:
-                        iops[name].append(fio(uri, rw, args.fio_seconds, size))
+                        iops[name].append(fio_iops(uri, rw, args.fio_seconds, size))
                 a, k = median(iops["aimsnap"]), median(iops["nbdkit"])
                 rows.append({"load": f"fio 4KiB {rw} iodepth 16", "aimsnap": f"{a:.0f} IOPS", "nbdkit": f"{k:.0f} IOPS",
                              "ratio": a / k, "target": ">= 0.5"})

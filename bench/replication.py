@@ -22,10 +22,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-from common import emit, median
+from common import emit, fio_iops, free_port, median, vm_hwm_mib
 
 sys.path.append(os.path.join(os.path.dirname(__file__), "..", "tests"))
 from nodeproc import start_node  # noqa: E402
@@ -34,17 +33,6 @@ from engine import parse_size  # noqa: E402
 from orchestrator.node_client import RemoteNode  # noqa: E402
 
 MiB = 1 << 20
-
-
-def vm_hwm(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Sites:
@@ -72,7 +60,7 @@ class Sites:
             time.sleep(0.01)
 
     def stop(self) -> dict:
-        rss = {"source": vm_hwm(self.src.proc.pid), "destination": vm_hwm(self.dst.proc.pid)}
+        rss = {"source": vm_hwm_mib(self.src.proc.pid), "destination": vm_hwm_mib(self.dst.proc.pid)}
         self.src.stop()
         self.dst.stop()
         return rss
@@ -240,14 +228,6 @@ def rsync_vs_aim(sites: Sites, work: str, size: int, repeat: int) -> list[dict]:
 
 
 # -- 4. journal cost on the write path ---------------------------------------------------------------------
-def fio_iops(uri: str, seconds: int, size: int) -> float:
-    import json
-    out = subprocess.run(["fio", "--name=w", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite", "--bs=4k",
-                          "--iodepth=16", f"--size={size}", "--time_based", f"--runtime={seconds}",
-                          "--output-format=json"], capture_output=True, text=True, check=True).stdout
-    return json.loads(out[out.index("{"):])["jobs"][0]["write"]["iops"]
-
-
 def journal_cost(sites: Sites, size: int, repeat: int, seconds: int) -> dict:
     sites.s.create_volume("plain", size)
     sites.s.create_volume("aimed", size)
@@ -255,7 +235,7 @@ def journal_cost(sites: Sites, size: int, repeat: int, seconds: int) -> dict:
     with_aim, without = [], []
     for i in range(repeat):
         for name, out in (("plain", without), ("aimed", with_aim))[:: 1 if i % 2 == 0 else -1]:
-            out.append(fio_iops(sites.src.nbd_uri(name), seconds, size))
+            out.append(fio_iops(sites.src.nbd_uri(name), "randwrite", seconds, size))
     sites.caught_up("aimed-aim")
     a, p = median(with_aim), median(without)
     return {"benchmark": "4. fio 4 KiB randwrite iodepth 16 into an AIM source", "aimsnap": f"{a:.0f} IOPS",
@@ -273,7 +253,7 @@ def outage(sites: Sites, work: str, size: int) -> dict:
             f.write(os.urandom(4 * MiB))
     subprocess.run(["nbdcopy", img, sites.src.nbd_uri("out")], check=True)  # journal fills, then the bitmap
     info = sites.s.replication.info("out-aim")
-    rss = vm_hwm(sites.src.proc.pid)
+    rss = vm_hwm_mib(sites.src.proc.pid)
     sites.dst = start_node(os.path.join(work, "dst"), ports={"api": sites.dst.api.removeprefix("http://"),
                                                             "nbd": sites.dst.nbd, "aim": sites.dst.aim})
     sites.d = RemoteNode(sites.dst.api, sites.dst.token, timeout=600)

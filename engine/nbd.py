@@ -11,10 +11,10 @@ import errno
 import logging
 import socket
 import struct
-import threading
 
 from . import exports
 from .errors import Conflict, EngineError, InvalidInput, NotFound
+from .listener import ThreadedListener
 
 log = logging.getLogger("aimsnap.nbd")
 
@@ -63,47 +63,10 @@ class NbdServer:
 
     def __init__(self, node, max_connections: int = 64) -> None:
         self.node = node
-        self.max_connections = max_connections
-        self.connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
-
-    def start(self, listener: socket.socket) -> None:
-        self._listener = listener
-        threading.Thread(target=self._accept, name="nbd-accept", daemon=True).start()
-
-    def stop(self) -> None:
-        """Stop accepting and close every connection (their threads end on the next IO)."""
-        if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._listener.close()
-        with self._lock:
-            for conn in self.connections:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def _accept(self) -> None:
-        assert self._listener is not None
-        while True:
-            try:
-                conn, peer = self._listener.accept()
-            except OSError:
-                return  # closed by stop()
-            with self._lock:
-                if len(self.connections) >= self.max_connections:
-                    log.warning("nbd %s: refused: %d connections already", peer, self.max_connections)
-                    conn.close()
-                    continue
-                self.connections.add(conn)
-            threading.Thread(target=self._serve, args=(conn, peer), name=f"nbd-{peer}", daemon=True).start()
+        self.listener = ThreadedListener("nbd", self._serve, max_connections)
+        self.start, self.stop = self.listener.start, self.listener.stop
 
     def _serve(self, conn: socket.socket, peer: object) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.settimeout(None)
         try:
             export = self._handshake(conn)
@@ -113,10 +76,6 @@ class NbdServer:
             log.warning("nbd %s: closing connection: %s", peer, e)
         except (ConnectionError, OSError):
             pass  # the client went away, or stop() closed the socket
-        finally:
-            with self._lock:
-                self.connections.discard(conn)
-            conn.close()
 
     # -- handshake ---------------------------------------------------------------------------------
     def _handshake(self, conn: socket.socket) -> exports.Export | None:

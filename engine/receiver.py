@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from . import aimwire, frames
 from .aimwire import WireError
 from .errors import AlreadyExists, EngineError
+from .listener import ThreadedListener, shut
 from .volume import Volume
 
 log = logging.getLogger("aimsnap.aim.receiver")
@@ -78,7 +79,7 @@ class Receiver:
         self.groups = GroupBarriers(node.meta)
         self.streams: dict[str, socket.socket] = {}  # set id -> its current connection
         self.lock = threading.Lock()
-        self._listener: socket.socket | None = None
+        self.listener = ThreadedListener("aim", self._serve)
         self.rejected = 0
 
     # -- bindings: which AIM set replicates into which volume --------------------------------------------
@@ -115,35 +116,17 @@ class Receiver:
                 self.node.volumes[b.volume].replica_of = None
 
     # -- serving ----------------------------------------------------------------------------------------
-    def start(self, listener: socket.socket) -> None:
-        self._listener = listener
-        threading.Thread(target=self._accept, name="aim-accept", daemon=True).start()
+    def start(self, sock: socket.socket) -> None:
+        self.listener.start(sock)
 
     def stop(self) -> None:
-        if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            self._listener.close()
-        with self.lock:
+        self.listener.stop()
+        with self.lock:  # TLS connections are wrappers the listener does not know
             for conn in self.streams.values():
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                shut(conn)
 
-    def _accept(self) -> None:
-        assert self._listener is not None
-        while True:
-            try:
-                conn, peer = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn, peer), name=f"aim-{peer}", daemon=True).start()
-
-    def _serve(self, conn: socket.socket, peer: object) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _serve(self, raw: socket.socket, peer: object) -> None:
+        conn = raw
         conn.settimeout(30)
         set_id = None
         try:
@@ -173,10 +156,7 @@ class Receiver:
             with self.lock:  # one stream per set: a reconnect replaces a half-dead connection
                 old = self.streams.get(set_id)
                 if old is not None:
-                    try:
-                        old.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
+                    shut(old)
                 self.streams[set_id] = conn
             aimwire.server_accept(conn, self.token, challenge, nonce, applied_seq=binding.applied_seq,
                                   resyncing=binding.resyncing,
@@ -192,7 +172,8 @@ class Receiver:
             with self.lock:
                 if set_id and self.streams.get(set_id) is conn:
                     del self.streams[set_id]
-            conn.close()
+            if conn is not raw:
+                conn.close()
 
     def _results(self, set_id: str, ids: object) -> list[dict]:
         """Results of markers the source still waits for (their acknowledgement may have been lost)."""

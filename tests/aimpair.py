@@ -1,7 +1,6 @@
 """Two real nodes on loopback (source and destination) with an AIM set between them, driven
 through the control API client the CLI uses."""
 
-import os
 import signal
 import time
 
@@ -93,10 +92,3 @@ def read_point(node: RemoteNode, snapshot: str, point: str | None, size: int) ->
     for off in range(0, size, 16 << 20):
         out += node.read_snapshot(snapshot, point, off, min(16 << 20, size - off))
     return bytes(out)
-
-
-def random_writes(node: RemoteNode, volume: str, size: int, rng, count: int, max_len: int = 20000) -> None:
-    for _ in range(count):
-        length = rng.randrange(1, max_len)
-        offset = rng.randrange(0, size - length)
-        node.write(volume, offset, os.urandom(length))

@@ -10,18 +10,11 @@ import pytest
 from engine import Conflict, EngineError, InvalidInput
 from engine.aimwire import GREETING
 
-from ..aimpair import Pair, random_writes, read_all, read_point
+from ..aimpair import read_all, read_point
 from ..cli import aimsnap
 from ..nbdclient import NbdClient
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def pair(tmp_path):
-    p = Pair(tmp_path)
-    yield p
-    p.stop()
 
 
 def test_every_applied_marker_equals_the_source_at_issue(pair):

@@ -7,7 +7,6 @@ import random
 import threading
 import time
 
-import pytest
 
 from engine import EngineError
 
@@ -85,13 +84,6 @@ class Campaign:
         assert read_all(api, "v", SLOTS * SLOT) == bytes(self.model), "an acknowledged write was lost"
         assert read_all(self.pair.dst.api, "v-dr", SLOTS * SLOT) == bytes(self.model), "replica differs"
         return len(applied)
-
-
-@pytest.fixture
-def pair(tmp_path):
-    p = Pair(tmp_path)
-    yield p
-    p.stop()
 
 
 def test_sigkill_the_source(pair):
