@@ -11,8 +11,9 @@ import traceback
 import click
 
 from engine import EngineError
+from policies.errors import PolicyError
 
-from . import cli_aim, cli_node, cli_storage, demo
+from . import cli_aim, cli_node, cli_policy, cli_storage, demo
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -31,7 +32,7 @@ def cli(ctx: click.Context, root: str, node_url: str | None, token_file: str | N
     ctx.obj = cli_storage.Target(root=root, node_url=node_url, token_file=token_file)
 
 
-for command in (*cli_storage.COMMANDS, *cli_aim.COMMANDS, cli_node.node, demo.demo):
+for command in (*cli_storage.COMMANDS, *cli_aim.COMMANDS, *cli_policy.COMMANDS, cli_node.node, demo.demo):
     cli.add_command(command)
 
 
@@ -53,6 +54,10 @@ def run(argv: list[str] | None = None) -> int:
         return 130
     except EngineError as e:
         click.echo(f"aimsnap: error: {e}", err=True)
+        return e.exit_code
+    except PolicyError as e:
+        for problem in e.problems:
+            click.echo(str(problem), err=True)
         return e.exit_code
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. `| head`): not an error worth a message

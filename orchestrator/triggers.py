@@ -1,0 +1,126 @@
+"""APScheduler triggers compiled from policies: ``every`` (aligned interval) and ``cron`` (croniter,
+with ``H`` hashed on the policy name), both in the policy's time zone, with windows and blackouts.
+
+Both produce local wall-clock candidates and map them to instants the same way, which is where
+the DST rules live: a wall time that does not exist (spring forward) fires once, at the end of the
+gap; an ambiguous one (fall back) fires once, at its first occurrence.
+"""
+
+from collections.abc import Iterator
+from datetime import datetime, time, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+from apscheduler.triggers.base import BaseTrigger
+from croniter import croniter
+
+from policies.model import Policy
+
+_EPOCH = datetime(1970, 1, 1)
+_DAY = 86400
+
+
+def to_instant(local: datetime, tz: ZoneInfo) -> datetime:
+    """The instant of a naive local wall time: its first occurrence if ambiguous, the end of the
+    gap if it does not exist."""
+    aware = local.replace(tzinfo=tz, fold=0)
+    if aware.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None) == local:
+        return aware.astimezone(timezone.utc)
+    return _gap_end(local, tz)
+
+
+def _gap_end(local: datetime, tz: ZoneInfo) -> datetime:
+    """The first instant after the DST gap that swallowed ``local``."""
+    probe = local.replace(tzinfo=tz, fold=0).astimezone(timezone.utc) - timedelta(hours=3)
+    for _ in range(6 * 60):
+        probe += timedelta(minutes=1)
+        wall = probe.astimezone(tz).replace(tzinfo=None)
+        if wall > local:
+            return probe.replace(second=0, microsecond=0) if probe.second == 0 else probe
+    return local.replace(tzinfo=tz).astimezone(timezone.utc)
+
+
+class PolicyTrigger(BaseTrigger):
+    """Common ground of the two triggers: local candidates -> filtered -> instants, strictly later."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.tz = ZoneInfo(policy.timezone)
+
+    def candidates(self, after_local: datetime) -> Iterator[datetime]:
+        raise NotImplementedError
+
+    def allowed(self, local: datetime) -> bool:
+        p = self.policy
+        if p.window:
+            start, end = p.window
+            t = local.time()
+            inside = start <= t < end if start < end else (t >= start or t < end)
+            if not inside:
+                return False
+        d = local.date()
+        return not any(a <= d <= b for a, b in p.blackout)
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        """The first fire time after ``previous_fire_time`` (or at or after ``now`` if none)."""
+        if previous_fire_time is not None:
+            floor, strict = previous_fire_time.astimezone(timezone.utc), True
+        else:
+            floor, strict = now.astimezone(timezone.utc), False
+        start = (floor - timedelta(hours=3)).astimezone(self.tz).replace(tzinfo=None)  # before any DST shift
+        for n, local in enumerate(self.candidates(start)):
+            if n > 200000:
+                return None  # a window and blackouts that exclude every time (checked at validation too)
+            if not self.allowed(local):
+                continue
+            instant = to_instant(local, self.tz)
+            if instant > floor or (not strict and instant == floor):
+                return instant.astimezone(self.tz)
+        return None
+
+    def fire_times(self, start: datetime, count: int) -> list[datetime]:
+        out: list[datetime] = []
+        t = self.get_next_fire_time(None, start)
+        while t is not None and len(out) < count:
+            out.append(t)
+            t = self.get_next_fire_time(t, t)
+        return out
+
+
+class EveryTrigger(PolicyTrigger):
+    """Every N seconds on the local wall clock, aligned to local midnight when N divides a day
+    (15m fires at :00 :15 :30 :45), else to the local epoch; plus ``offset``."""
+
+    def candidates(self, after_local: datetime) -> Iterator[datetime]:
+        p = self.policy
+        step = timedelta(seconds=p.every)
+        if _DAY % p.every == 0:
+            base = datetime.combine(after_local.date(), time()) + timedelta(seconds=p.offset % p.every)
+        else:
+            k = int(((after_local - _EPOCH).total_seconds() - p.offset) // p.every)
+            base = _EPOCH + timedelta(seconds=k * p.every + p.offset)
+        t = base
+        while t < after_local:
+            t += step
+        while True:
+            yield t
+            t += step
+
+    def __str__(self) -> str:
+        return f"every {self.policy.every:g}s in {self.policy.timezone}"
+
+    def __getstate__(self):  # pragma: no cover - jobs are rebuilt from the files, never pickled
+        raise TypeError("policy triggers are not pickled: the policy files are the source of truth")
+
+
+class CronTrigger(PolicyTrigger):
+    def candidates(self, after_local: datetime) -> Iterator[datetime]:
+        it = croniter(self.policy.cron, after_local - timedelta(seconds=1), hash_id=self.policy.name.encode())
+        while True:
+            yield it.get_next(datetime)
+
+    def __str__(self) -> str:
+        return f"cron {self.policy.cron!r} in {self.policy.timezone}"
+
+
+def trigger_for(policy: Policy) -> PolicyTrigger:
+    return EveryTrigger(policy) if policy.every is not None else CronTrigger(policy)

@@ -1,0 +1,83 @@
+"""The typed policy model the orchestrator runs: what the YAML means once it is valid."""
+
+from dataclasses import dataclass, field
+from datetime import date, time
+
+from .errors import Where
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    api: str
+    token_file: str  # absolute
+    aim: str | None
+    aim_tls_ca: str | None
+    where: Where
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A declared volume, snapshot, snapshot set, AIM set or group on a node."""
+
+    kind: str  # volume | snapshot | snapshot_set | aim_set | group
+    node: str
+    name: str
+    spec: dict
+    where: Where
+
+
+@dataclass(frozen=True)
+class Retain:
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    min: int = 1
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    kind: str  # source-snapshot | auto-marker | group
+    node: str
+    where: Where
+    every: float | None = None  # seconds
+    offset: float = 0.0
+    cron: str | None = None
+    timezone: str = "UTC"
+    window: tuple[time, time] | None = None
+    blackout: tuple[tuple[date, date], ...] = ()
+    snapshot: str | None = None
+    aim_set: str | None = None
+    group: str | None = None
+    destination_snapshot: str | None = None
+    destination_snapshot_set: str | None = None
+    marker_label: str | None = None
+    marker_wait: float = 300.0
+    quiesce_pre: tuple[str, ...] = ()
+    quiesce_post: tuple[str, ...] = ()
+    quiesce_timeout: float = 60.0
+    misfire_grace: float = 300.0
+    catch_up: str = "once"
+    retries: int = 3
+    backoff: float = 30.0
+    timeout: float = 600.0
+    jitter: float = 0.0
+    retain: Retain | None = None
+    enabled: bool = True
+
+
+@dataclass
+class Bundle:
+    """Everything several policy files declare, checked together (names are global)."""
+
+    files: list[str]
+    nodes: dict[str, NodeSpec] = field(default_factory=dict)
+    resources: dict[tuple[str, str, str], Resource] = field(default_factory=dict)  # (kind, node, name)
+    policies: list[Policy] = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+
+    def resource(self, kind: str, node: str, name: str) -> Resource | None:
+        return self.resources.get((kind, node, name))

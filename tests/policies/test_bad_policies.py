@@ -1,0 +1,153 @@
+"""Bad policy files: each gets its exact FILE:LINE:COL and a message that says what to fix, with
+exit code 2 and never a traceback."""
+
+import pytest
+
+from policies.errors import PolicyError
+from policies.validate import check, load_policies
+
+from ..cli import aimsnap
+
+BASE = """\
+version: 1
+nodes:
+  prod: {api: "http://127.0.0.1:7410", token_file: prod.token, aim: "127.0.0.1:7411"}
+  dr: {api: "http://127.0.0.1:7420", token_file: dr.token, aim: "127.0.0.1:7421"}
+resources:
+  volumes:
+    - {node: prod, name: db01, size: 1GiB}
+    - {node: dr, name: db01-dr, size: 1GiB}
+  snapshots:
+    - {node: prod, name: db01-ci, source: db01, type: complete-image}
+    - {node: dr, name: db01-dr-pit, source: db01-dr, type: differential}
+  aim_sets:
+    - {node: prod, name: db01-aim, source: db01-ci, to: {node: dr, volume: db01-dr}}
+policies:
+  - name: p1
+    kind: source-snapshot
+    node: prod
+    snapshot: db01-ci
+    aim_set: db01-aim
+    every: 15m
+    marker: {destination_snapshot: db01-dr-pit}
+"""
+
+
+def variant(old: str, new: str) -> str:
+    assert old in BASE, old
+    return BASE.replace(old, new, 1)
+
+
+def extra_policy(body: str) -> str:
+    return BASE + body
+
+
+CASES = [
+    # (yaml, line, col, fragment)
+    ("version: 1\n  bad: [\n", 2, 6, "YAML syntax error"),
+    ("", 1, 1, "the file is empty"),
+    ("- just\n- a list\n", 1, 1, "a policy file is a mapping"),
+    ("version: 1\n---\nversion: 1\n", 1, 1, "exactly one YAML document"),
+    (variant("version: 1", "version: 2"), 1, 10, "unsupported version 2"),
+    (variant("version: 1\n", ""), 1, 1, "needs 'version'"),
+    (variant("    every: 15m\n", "    every: 15m\n    evry: 5m\n"), 21, 5, "unknown key 'evry': did you mean 'every'?"),
+    (variant("    every: 15m\n", "    every: 15m\n    every: 5m\n"), 21, 5, "duplicate key 'every'"),
+    (variant("    every: 15m", "    every: !!python/object:os.system ls"), 20, 12, "unsupported YAML tag"),
+    (variant("    every: 15m", "    every: !custom 15m"), 20, 12, "unsupported YAML tag"),
+    (variant("    every: 15m", "    every: 15 minutes"), 20, 12, "invalid value '15 minutes'"),
+    (variant("    every: 15m", "    every: 0.5s"), 20, 12, "under 1 second"),
+    (variant("    every: 15m", "    cron: '*/5 * * * *'\n    every: 15m"), 15, 5, "exactly one of `every` or `cron`"),
+    (variant("    every: 15m\n", ""), 15, 5, "exactly one of `every` or `cron`"),
+    (variant("    every: 15m", "    cron: '61 * * * *'"), 20, 11, "invalid cron expression"),
+    (variant("    every: 15m", "    cron: 'every day'"), 20, 11, "invalid cron expression"),
+    (variant("    every: 15m", "    every: 15m\n    timezone: Mars/Olympus"), 21, 15, "unknown time zone 'Mars/Olympus'"),
+    (variant("    node: prod\n    snapshot", "    node: nowhere\n    snapshot"), 17, 11, "unknown node 'nowhere'"),
+    (variant("    snapshot: db01-ci", "    snapshot: db02-ci"), 18, 15, "unknown snapshot 'db02-ci'"),
+    (variant("    aim_set: db01-aim", "    aim_set: nope"), 19, 14, "unknown AIM set 'nope'"),
+    (variant("name: db01-ci, source: db01, type: complete-image", "name: db01-ci, source: db01, type: differential"),
+     18, 15, "a source-snapshot policy increments a complete-image snapshot"),
+    (variant("{destination_snapshot: db01-dr-pit}", "{destination_snapshot: missing-pit}"), 21, 36,
+     "not declared on the AIM set's destination volume"),
+    (variant("    kind: source-snapshot", "    kind: source-snap"), 16, 11, "is not one of"),
+    (variant("    snapshot: db01-ci\n", ""), 15, 5, "a source-snapshot policy needs 'snapshot'"),
+    (variant("    marker: {destination_snapshot: db01-dr-pit}\n", ""), 15, 5, "needs 'marker'"),
+    (variant("{destination_snapshot: db01-dr-pit}", "{wait: 5m}"), 21, 13, "needs 'destination_snapshot'"),
+    (variant("  - name: p1", "  - name: p 1"), 15, 11, "invalid value 'p 1'"),
+    (extra_policy("  - name: p1\n    kind: auto-marker\n    node: prod\n    aim_set: db01-aim\n    every: 1h\n"
+                  "    marker: {destination_snapshot: db01-dr-pit}\n"), 22, 11, "policy 'p1' is defined twice"),
+    (variant("    - {node: prod, name: db01, size: 1GiB}", "    - {node: prod, name: db01, size: 1GB}"), 7, 38, "invalid value '1GB'"),
+    (variant("{node: dr, name: db01-dr, size: 1GiB}", "{node: dr, name: db01-dr, size: 2GiB}"), 13, 76, "must be the same size"),
+    (variant("    - {node: dr, name: db01-dr, size: 1GiB}", "    - {node: dr, name: db01-dr, size: 1GiB}\n"
+             "    - {node: dr, name: db01-dr, size: 1GiB}"), 9, 24, "declared twice"),
+    (variant("source: db01, type", "source: db09, type"), 10, 43, "unknown volume 'db09'"),
+    (variant("    - {node: prod, name: db01, size: 1GiB}", "    - {node: moon, name: db01, size: 1GiB}"), 7, 14, "unknown node 'moon'"),
+    (variant(', aim: "127.0.0.1:7421"}', "}"), 13, 64, "give its AIM address"),
+    (variant('api: "http://127.0.0.1:7410"', 'api: "127.0.0.1:7410"'), 3, 15, "invalid value '127.0.0.1:7410'"),
+    (variant("token_file: prod.token, ", ""), 3, 9, "needs 'token_file'"),
+    (variant("    every: 15m", "    every: 15m\n    window: '8-18'"), 21, 13, "invalid value '8-18'"),
+    (variant("    every: 15m", "    every: 15m\n    window: '08:00-08:00'"), 21, 13, "invalid window"),
+    (variant("    every: 15m", "    every: 15m\n    blackout: ['2026-12-31..2026-12-24']"), 21, 16, "invalid blackout"),
+    (variant("    every: 15m", "    every: 15m\n    blackout: ['2026-02-30']"), 21, 16, "invalid blackout"),
+    (variant("    every: 15m", "    every: 15m\n    retain: {last: 3, min: 0}"), 21, 28, "less than the minimum of 1"),
+    (variant("    every: 15m", "    every: 15m\n    retain: {last: 3, yearly: 2}"), 21, 23, "unknown key 'yearly'"),
+    (variant("    every: 15m", "    every: 15m\n    quiesce: {pre: [/bin/true]}"), 21, 14,
+     "quiesce commands belong to auto-marker policies"),
+    (variant("    every: 15m", "    every: 15m\n    misfire: {catch_up: all}"), 21, 25, "is not one of: none, once"),
+    (variant("    every: 15m", "    every: 15m\n    retries: {count: -1}"), 21, 22, "less than the minimum of 0"),
+    (variant("    every: 15m", "    every: [15m]"), 20, 12, "expected a string or a number, got a list"),
+    (variant("policies:\n", "policies:\n  - just-a-string\n"), 15, 5, "expected a mapping"),
+    (variant("    every: 15m", "    every: 15m\n    kind: group"), 21, 5, "duplicate key 'kind'"),
+    (BASE + "  - name: g1\n    kind: group\n    node: prod\n    group: nope\n    every: 1h\n"
+            "    marker: {destination_snapshot_set: s}\n", 25, 12, "unknown group 'nope'"),
+    (variant("    - {node: prod, name: db01-aim, source: db01-ci, to: {node: dr, volume: db01-dr}}",
+             "    - {node: prod, name: db01-aim, source: db01-ci, to: {node: dr, volume: nope}}"), 13, 76, "unknown destination volume 'nope'"),
+]
+
+
+@pytest.mark.parametrize("text,line,col,fragment", CASES)
+def test_bad_policy(tmp_path, text, line, col, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    _, problems = check([str(path)])
+    assert problems, "no problem reported"
+    rendered = [str(p) for p in problems]
+    hit = [r for r in rendered if fragment in r]
+    assert hit, rendered
+    assert any(r.startswith(f"{path}:{line}:{col}: ") for r in hit), rendered
+
+
+def test_count_of_cases():
+    assert len(CASES) >= 40
+
+
+def test_cli_prints_every_problem_and_exits_2(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(variant("    every: 15m", "    every: 15 minutes\n    evry: 1").replace("db01-aim\n", "nope\n", 1))
+    res = aimsnap("policy", "validate", str(path))
+    assert res.code == 2 and "Traceback" not in res.err
+    lines = res.err.strip().splitlines()
+    assert len(lines) >= 3, lines  # all errors in one pass
+    assert all(line.startswith(f"{path}:") for line in lines)
+    assert any("(at $.policies[0].every)" in line for line in lines)
+
+
+def test_names_are_global_across_files(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text(BASE)
+    b.write_text("version: 1\npolicies:\n  - name: p2\n    kind: auto-marker\n    node: prod\n    aim_set: db01-aim\n"
+                 "    every: 30s\n    marker: {destination_snapshot: db01-dr-pit}\n")
+    bundle = load_policies([str(a), str(b)])
+    assert [p.name for p in bundle.policies] == ["p1", "p2"]
+    assert any("under a minute" in str(w) for w in bundle.warnings)
+    with pytest.raises(PolicyError, match="unknown node 'prod'"):
+        load_policies([str(b)])
+
+
+def test_examples_validate():
+    import glob
+    import os
+    files = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "policies", "examples", "*.yaml")))
+    assert files
+    for f in files:
+        res = aimsnap("policy", "validate", f)
+        assert res.code == 0, (f, res.err)
