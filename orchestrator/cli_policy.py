@@ -9,6 +9,7 @@ from engine import InvalidInput
 from policies.schema import schema
 from policies.validate import load_policies
 
+from .apply import reconcile
 from .compile import compile_jobs
 from .output import print_json, print_table
 
@@ -34,16 +35,41 @@ def _load(files: tuple[str, ...]):
 
 @policy.command("validate")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the compiled jobs as JSON.")
-def policy_validate(files: tuple[str, ...], as_json: bool) -> None:
+@click.option("--check-nodes", is_flag=True, help="Also ask each node whether the declared resources exist and match.")
+@click.option("--json", "as_json", is_flag=True, help="Print the compiled jobs (and node checks) as JSON.")
+def policy_validate(files: tuple[str, ...], check_nodes: bool, as_json: bool) -> int:
     """Check policy files: YAML, schema and meaning, every problem as FILE:LINE:COL (exit 2)."""
     bundle = _load(files)
     jobs = compile_jobs(bundle)
+    actions = reconcile(bundle, dry_run=True) if check_nodes else []
     if as_json:
-        print_json([{"job": j.id, "policy": j.name, "action": j.action, "trigger": str(j.trigger)} for j in jobs])
+        print_json({"jobs": [{"job": j.id, "policy": j.name, "action": j.action, "trigger": str(j.trigger)}
+                             for j in jobs], "nodes": [a.as_dict() for a in actions]})
     else:
         click.echo(f"ok: {len(files)} file(s), {len(bundle.nodes)} node(s), {len(bundle.resources)} resource(s), "
                    f"{len(jobs)} job(s)")
+        if actions:
+            _print_actions(actions)
+    return 1 if any(a.action in ("drift", "error") for a in actions) else 0
+
+
+def _print_actions(actions) -> None:
+    print_table([a.as_dict() for a in actions], [("node", "NODE"), ("kind", "KIND"), ("name", "NAME"),
+                                                 ("action", "STATE"), ("detail", "DETAIL")])
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Only say what would be created.")
+@click.option("--json", "as_json", is_flag=True)
+def apply(files: tuple[str, ...], dry_run: bool, as_json: bool) -> int:
+    """Create the declared resources that are missing on the nodes; report drift; never delete."""
+    actions = reconcile(_load(files), dry_run=dry_run)
+    print_json([a.as_dict() for a in actions]) if as_json else _print_actions(actions)
+    bad = [a for a in actions if a.action in ("drift", "error")]
+    for a in bad:
+        click.echo(f"aimsnap: error: {a.kind.replace('_', ' ')} {a.name} on {a.node}: {a.detail}", err=True)
+    return 1 if bad else 0
 
 
 @click.command()
@@ -67,4 +93,4 @@ def plan(files: tuple[str, ...], start: str | None, count: int, as_json: bool) -
         print_table(rows, [("policy", "POLICY"), ("fire_time", "FIRE TIME")], empty="no jobs")
 
 
-COMMANDS = (policy, plan)
+COMMANDS = (policy, plan, apply)

@@ -56,6 +56,7 @@ class _Semantics:
     def __init__(self, bundle: Bundle, problems: list[Problem]) -> None:
         self.b, self.problems = bundle, problems
         self.policy_names: dict[str, Problem] = {}
+        self.names: dict[tuple[str, str, str], Resource] = {}  # (namespace, node, name)
 
     def err(self, doc: Document, path: tuple, message: str, key: bool = False) -> None:
         self.problems.append(Problem(doc.where(path, key), message, json_path(path)))
@@ -89,16 +90,14 @@ class _Semantics:
                     continue
                 node, name = str(item.get("node")), item["name"]
                 space = "volume" if kind in ("volume", "snapshot") else kind  # a complete image is a volume
-                clash = [r for r in self.b.resources.values()
-                         if r.node == node and r.name == name and ("volume" if r.kind in ("volume", "snapshot")
-                                                                   else r.kind) == space]
+                clash = self.names.get((space, node, name))
                 if clash:
                     self.err(doc, ("resources", section, i, "name"),
                              f"{kind.replace('_', ' ')} {name!r} on node {node!r} is declared twice "
-                             f"(also at {clash[0].where})")
+                             f"(also at {clash.where})")
                     continue
-                self.b.resources[(kind, node, name)] = Resource(kind, node, name, item,
-                                                                doc.where(("resources", section, i)))
+                r = Resource(kind, node, name, item, doc.where(("resources", section, i)))
+                self.b.resources[(kind, node, name)] = self.names[(space, node, name)] = r
 
     # -- resources ---------------------------------------------------------------------------------------
     def _node(self, doc: Document, path: tuple, node: object) -> bool:
