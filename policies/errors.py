@@ -10,7 +10,7 @@ class Where:
     col: int = 0
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+        return f"{self.file}:{self.line}:{self.col}" if self.line else self.file  # no position: the file itself
 
 
 @dataclass(frozen=True, order=True)

@@ -177,9 +177,8 @@ class _Semantics:
             value = default
         try:
             return parse_duration(value) if value is not None else 0.0
-        except DurationError as e:
-            self.err(doc, path, str(e))
-            return 0.0
+        except DurationError:
+            return 0.0  # the schema's pattern has reported it, with the same position
 
     def policy(self, doc: Document, p: tuple, item: dict, defaults: dict, build: bool) -> Policy | None:
         name = item["name"]
