@@ -80,24 +80,19 @@ class _Semantics:
                                               os.path.join(base, str(spec.get("token_file", ""))),
                                               spec.get("aim"), spec.get("aim_tls_ca") and os.path.join(
                                                   base, str(spec["aim_tls_ca"])), doc.where(("nodes", name), True))
-        resources = doc.data.get("resources")
-        if not isinstance(resources, dict):
-            return
-        for section, kind in RESOURCE_KINDS.items():
-            items = resources.get(section)
-            for i, item in enumerate(items if isinstance(items, list) else []):
-                if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                    continue
-                node, name = str(item.get("node")), item["name"]
-                space = "volume" if kind in ("volume", "snapshot") else kind  # a complete image is a volume
-                clash = self.names.get((space, node, name))
-                if clash:
-                    self.err(doc, ("resources", section, i, "name"),
-                             f"{kind.replace('_', ' ')} {name!r} on node {node!r} is declared twice "
-                             f"(also at {clash.where})")
-                    continue
-                r = Resource(kind, node, name, item, doc.where(("resources", section, i)))
-                self.b.resources[(kind, node, name)] = self.names[(space, node, name)] = r
+        for section, kind, i, item in _resource_items(doc):
+            if not isinstance(item.get("name"), str):
+                continue
+            node, name = str(item.get("node")), item["name"]
+            space = "volume" if kind in ("volume", "snapshot") else kind  # a complete image is a volume
+            clash = self.names.get((space, node, name))
+            if clash:
+                self.err(doc, ("resources", section, i, "name"),
+                         f"{kind.replace('_', ' ')} {name!r} on node {node!r} is declared twice "
+                         f"(also at {clash.where})")
+                continue
+            r = Resource(kind, node, name, item, doc.where(("resources", section, i)))
+            self.b.resources[(kind, node, name)] = self.names[(space, node, name)] = r
 
     # -- resources ---------------------------------------------------------------------------------------
     def _node(self, doc: Document, path: tuple, node: object) -> bool:
@@ -116,40 +111,33 @@ class _Semantics:
         return None
 
     def resources(self, doc: Document) -> None:
-        resources = doc.data.get("resources")
-        if not isinstance(resources, dict):
-            return
-        for section, kind in RESOURCE_KINDS.items():
-            items = resources.get(section)
-            for i, item in enumerate(items if isinstance(items, list) else []):
-                if not isinstance(item, dict):
-                    continue
-                p = ("resources", section, i)
-                if not self._node(doc, p + ("node",), item.get("node")):
-                    continue
-                node = item["node"]
-                if kind == "snapshot":
-                    self._ref(doc, p + ("source",), ("volume", "snapshot"), node, item.get("source"), "volume")
-                elif kind == "snapshot_set":
-                    for j, m in enumerate(item.get("members") or []):
-                        self._ref(doc, p + ("members", j), ("snapshot",), node, m, "snapshot")
-                elif kind == "group":
-                    for j, m in enumerate(item.get("members") or []):
-                        self._ref(doc, p + ("members", j), ("aim_set",), node, m, "AIM set")
-                elif kind == "aim_set":
-                    src = self._ref(doc, p + ("source",), ("volume", "snapshot"), node, item.get("source"), "volume")
-                    to = item.get("to") if isinstance(item.get("to"), dict) else {}
-                    if self._node(doc, p + ("to", "node"), to.get("node")):
-                        dest = self._ref(doc, p + ("to", "volume"), ("volume",), to["node"], to.get("volume"),
-                                         "destination volume")
-                        if src and dest and _size(self.b, src) is not None and _size(self.b, dest) is not None \
-                                and _size(self.b, src) != _size(self.b, dest):
-                            self.err(doc, p + ("to", "volume"), f"destination volume {dest.name!r} is "
-                                     f"{dest.spec.get('size')}, the source {src.name!r} is "
-                                     f"{_size_text(self.b, src)}: they must be the same size")
-                        if not self.b.nodes[to["node"]].aim:
-                            self.err(doc, p + ("to", "node"), f"node {to['node']!r} is an AIM destination: "
-                                     "give its AIM address (`aim: HOST:PORT`) under `nodes:`")
+        for section, kind, i, item in _resource_items(doc):
+            p = ("resources", section, i)
+            if not self._node(doc, p + ("node",), item.get("node")):
+                continue
+            node = item["node"]
+            if kind == "snapshot":
+                self._ref(doc, p + ("source",), ("volume", "snapshot"), node, item.get("source"), "volume")
+            elif kind == "snapshot_set":
+                for j, m in enumerate(item.get("members") or []):
+                    self._ref(doc, p + ("members", j), ("snapshot",), node, m, "snapshot")
+            elif kind == "group":
+                for j, m in enumerate(item.get("members") or []):
+                    self._ref(doc, p + ("members", j), ("aim_set",), node, m, "AIM set")
+            elif kind == "aim_set":
+                src = self._ref(doc, p + ("source",), ("volume", "snapshot"), node, item.get("source"), "volume")
+                to = item.get("to") if isinstance(item.get("to"), dict) else {}
+                if self._node(doc, p + ("to", "node"), to.get("node")):
+                    dest = self._ref(doc, p + ("to", "volume"), ("volume",), to["node"], to.get("volume"),
+                                     "destination volume")
+                    if src and dest and _size(self.b, src) is not None and _size(self.b, dest) is not None \
+                            and _size(self.b, src) != _size(self.b, dest):
+                        self.err(doc, p + ("to", "volume"), f"destination volume {dest.name!r} is "
+                                 f"{dest.spec.get('size')}, the source {src.name!r} is "
+                                 f"{_size_text(self.b, src)}: they must be the same size")
+                    if not self.b.nodes[to["node"]].aim:
+                        self.err(doc, p + ("to", "node"), f"node {to['node']!r} is an AIM destination: "
+                                 "give its AIM address (`aim: HOST:PORT`) under `nodes:`")
 
     # -- policies ------------------------------------------------------------------------------------------
     def policies(self, doc: Document, build: bool = True) -> None:
@@ -302,6 +290,18 @@ class _Semantics:
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GIB": 1 << 30,
           "T": 1 << 40, "TIB": 1 << 40}
+
+
+def _resource_items(doc: Document):
+    """(section, kind, index, item) of every declared resource that is a mapping."""
+    resources = doc.data.get("resources")
+    if not isinstance(resources, dict):
+        return
+    for section, kind in RESOURCE_KINDS.items():
+        items = resources.get(section)
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            if isinstance(item, dict):
+                yield section, kind, i, item
 
 
 def _size(bundle: Bundle, r: Resource) -> int | None:
