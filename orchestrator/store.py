@@ -1,0 +1,159 @@
+"""The outcome store: every run, marker and event in SQLite, through sqlite-utils.
+
+WAL mode and a busy timeout so that `history` and `status` read while `run` writes; one
+connection per thread; versioned migrations (``PRAGMA user_version``). Times are ISO-8601 UTC
+strings, so they sort and compare as text.
+"""
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from datetime import datetime, timezone
+
+import sqlite_utils
+
+RUN_STATUSES = ("running", "ok", "failed", "skipped", "missed", "interrupted", "timeout")
+
+MIGRATIONS = [
+    """
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY, policy TEXT NOT NULL, kind TEXT NOT NULL, trigger TEXT NOT NULL,
+        scheduled_for TEXT, started_at TEXT NOT NULL, finished_at TEXT, status TEXT NOT NULL,
+        attempt INTEGER NOT NULL DEFAULT 1, error TEXT, details TEXT NOT NULL DEFAULT '{}');
+    CREATE INDEX runs_by_policy ON runs (policy, started_at);
+    CREATE INDEX runs_by_status ON runs (status, started_at);
+    CREATE INDEX runs_by_time ON runs (started_at);
+    CREATE TABLE markers (
+        id INTEGER PRIMARY KEY, run_id INTEGER REFERENCES runs(id), policy TEXT NOT NULL, node TEXT NOT NULL,
+        aim_set TEXT, group_name TEXT, node_marker TEXT, issued_at TEXT NOT NULL, applied_at TEXT,
+        snapshot TEXT, snapshot_set TEXT, point TEXT, status TEXT NOT NULL, error TEXT);
+    CREATE INDEX markers_by_policy ON markers (policy, applied_at);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY, at TEXT NOT NULL, kind TEXT NOT NULL, policy TEXT, message TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}');
+    CREATE INDEX events_by_time ON events (at);
+    """,
+]
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Store:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self.write_lock = threading.Lock()
+        self._migrate()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            conn.execute("PRAGMA busy_timeout=30000")
+            db = sqlite_utils.Database(conn)
+            db.enable_wal()
+            self._local.db = db
+        return db
+
+    def _migrate(self) -> None:
+        db = self.db
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.write_lock:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in filter(str.strip, script.split(";")):
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version={i}")
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+
+    def _write(self, sql: str, args: Iterable = ()) -> int:
+        with self.write_lock:
+            cur = self.db.execute(sql, list(args))
+            return cur.lastrowid
+
+    # -- runs ------------------------------------------------------------------------------------------
+    def start_run(self, policy: str, kind: str, trigger: str, now: datetime, scheduled_for: datetime | None = None,
+                  attempt: int = 1) -> int:
+        return self._write("INSERT INTO runs (policy, kind, trigger, scheduled_for, started_at, status, attempt) "
+                           "VALUES (?,?,?,?,?,?,?)", (policy, kind, trigger, scheduled_for and iso(scheduled_for),
+                                                     iso(now), "running", attempt))
+
+    def finish_run(self, run_id: int, status: str, now: datetime, error: str | None = None,
+                   details: dict | None = None) -> None:
+        assert status in RUN_STATUSES and status != "running"
+        self._write("UPDATE runs SET status=?, finished_at=?, error=?, details=? WHERE id=?",
+                    (status, iso(now), error, json.dumps(details or {}, default=str), run_id))
+
+    def record_run(self, policy: str, kind: str, trigger: str, status: str, now: datetime,
+                   scheduled_for: datetime | None = None, error: str | None = None, details: dict | None = None) -> int:
+        """A run that never started (skipped, missed): one row, already finished."""
+        run_id = self.start_run(policy, kind, trigger, now, scheduled_for)
+        self.finish_run(run_id, status, now, error, details)
+        return run_id
+
+    def interrupt_running(self, now: datetime) -> int:
+        """Runs left `running` by an orchestrator that was killed: mark them `interrupted`."""
+        with self.write_lock:
+            cur = self.db.execute("UPDATE runs SET status='interrupted', finished_at=?, "
+                                  "error='the orchestrator stopped during the run' WHERE status='running'", [iso(now)])
+            return cur.rowcount
+
+    # -- markers and events -------------------------------------------------------------------------------
+    def record_marker(self, run_id: int | None, policy: str, node: str, marker: dict) -> int:
+        return self._write(
+            "INSERT INTO markers (run_id, policy, node, aim_set, group_name, node_marker, issued_at, applied_at, "
+            "snapshot, snapshot_set, point, status, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, policy, node, marker.get("aim_set"), marker.get("group"), str(marker.get("id")),
+             marker.get("issued_at"), marker.get("applied_at"), marker.get("snapshot"), marker.get("snapshot_set"),
+             marker.get("point"), marker.get("state"), marker.get("error")))
+
+    def event(self, now: datetime, kind: str, message: str, policy: str | None = None,
+              details: dict | None = None) -> None:
+        self._write("INSERT INTO events (at, kind, policy, message, details) VALUES (?,?,?,?,?)",
+                    (iso(now), kind, policy, message, json.dumps(details or {}, default=str)))
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def history(self, policy: str | None = None, since: datetime | None = None, status: str | None = None,
+                limit: int = 1000) -> list[dict]:
+        where, args = [], []
+        if policy:
+            where.append("policy = ?")
+            args.append(policy)
+        if since:
+            where.append("started_at >= ?")
+            args.append(iso(since))
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "") + \
+              " ORDER BY started_at DESC, id DESC LIMIT ?"
+        rows = list(self.db.query(sql, args + [limit]))
+        for r in rows:
+            r["details"] = json.loads(r["details"] or "{}")
+        return rows
+
+    def last_run(self, policy: str) -> dict | None:
+        rows = self.history(policy=policy, limit=1)
+        return rows[0] if rows else None
+
+    def consecutive_failures(self, policy: str) -> int:
+        n = 0
+        for r in self.db.query("SELECT status FROM runs WHERE policy=? AND status NOT IN ('running','skipped') "
+                               "ORDER BY started_at DESC, id DESC LIMIT 1000", [policy]):
+            if r["status"] == "ok":
+                break
+            n += 1
+        return n
+
+    def newest_recovery_point(self, policy: str) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM markers WHERE policy=? AND status='applied' "
+                                  "ORDER BY issued_at DESC LIMIT 1", [policy]))
+        return rows[0] if rows else None
