@@ -34,6 +34,12 @@ MIGRATIONS = [
         details TEXT NOT NULL DEFAULT '{}');
     CREATE INDEX events_by_time ON events (at);
     """,
+    """
+    CREATE TABLE schedule (policy TEXT PRIMARY KEY, kind TEXT NOT NULL, trigger TEXT NOT NULL, next_fire TEXT,
+        updated_at TEXT NOT NULL);
+    CREATE TABLE service (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE requests (id INTEGER PRIMARY KEY, policy TEXT NOT NULL, at TEXT NOT NULL, taken_at TEXT);
+    """,
 ]
 
 
@@ -112,7 +118,8 @@ class Store:
             "INSERT INTO markers (run_id, policy, node, aim_set, group_name, node_marker, issued_at, applied_at, "
             "snapshot, snapshot_set, point, status, error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (run_id, policy, node, marker.get("aim_set"), marker.get("group"), str(marker.get("id")),
-             marker.get("issued_at"), marker.get("applied_at"), marker.get("snapshot"), marker.get("snapshot_set"),
+             marker.get("issued_at") or iso(datetime.now(timezone.utc)), marker.get("applied_at"),
+             marker.get("snapshot"), marker.get("snapshot_set"),
              marker.get("point"), marker.get("state"), marker.get("error")))
 
     def event(self, now: datetime, kind: str, message: str, policy: str | None = None,
@@ -152,6 +159,40 @@ class Store:
                 break
             n += 1
         return n
+
+    def last_scheduled(self, policy: str) -> str | None:
+        row = self.db.execute("SELECT MAX(scheduled_for) FROM runs WHERE policy=?", [policy]).fetchone()
+        return row[0] if row else None
+
+    def set_schedule(self, rows: list[dict], now: datetime) -> None:
+        """The running orchestrator's jobs and their next fire times (what `status` shows)."""
+        with self.write_lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM schedule")
+            for r in rows:
+                self.db.execute("INSERT INTO schedule VALUES (?,?,?,?,?)",
+                                [r["policy"], r["kind"], r["trigger"], r["next_fire"], iso(now)])
+            self.db.execute("COMMIT")
+
+    def schedule(self) -> list[dict]:
+        return list(self.db.query("SELECT * FROM schedule ORDER BY policy"))
+
+    def set_service(self, **values: str) -> None:
+        for k, v in values.items():
+            self._write("INSERT OR REPLACE INTO service VALUES (?,?)", (k, v))
+
+    def service(self) -> dict[str, str]:
+        return {r["key"]: r["value"] for r in self.db.query("SELECT key, value FROM service")}
+
+    def request_run(self, policy: str, now: datetime) -> int:
+        return self._write("INSERT INTO requests (policy, at) VALUES (?,?)", (policy, iso(now)))
+
+    def take_requests(self, now: datetime) -> list[str]:
+        with self.write_lock:
+            rows = list(self.db.query("SELECT id, policy FROM requests WHERE taken_at IS NULL ORDER BY id"))
+            for r in rows:
+                self.db.execute("UPDATE requests SET taken_at=? WHERE id=?", [iso(now), r["id"]])
+        return [r["policy"] for r in rows]
 
     def newest_recovery_point(self, policy: str) -> dict | None:
         rows = list(self.db.query("SELECT * FROM markers WHERE policy=? AND status='applied' "
