@@ -1,6 +1,7 @@
 """Make the nodes hold what the policy files declare: create what is missing, report drift,
 never delete anything. ``dry_run`` only looks (``apply --dry-run``, ``policy validate --check-nodes``)."""
 
+import threading
 from dataclasses import dataclass
 
 from engine import EngineError, NotFound, parse_size
@@ -25,21 +26,30 @@ class Action:
 
 
 class Nodes:
-    """One API client per declared node, opened on first use."""
+    """API clients for the declared nodes, one per node and thread (an HTTP connection is not
+    shared between threads), opened on first use."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
-        self.clients: dict[str, RemoteNode] = {}
+        self._local = threading.local()
+        self._all: list[RemoteNode] = []
+        self._lock = threading.Lock()
 
     def __call__(self, name: str) -> RemoteNode:
-        if name not in self.clients:
+        clients = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = self._local.clients = {}
+        if name not in clients:
             spec = self.bundle.nodes[name]
-            self.clients[name] = RemoteNode(spec.api, read_token(spec.token_file))
-        return self.clients[name]
+            clients[name] = RemoteNode(spec.api, read_token(spec.token_file))
+            with self._lock:
+                self._all.append(clients[name])
+        return clients[name]
 
     def close(self) -> None:
-        for c in self.clients.values():
-            c.close()
+        with self._lock:
+            for c in self._all:
+                c.close()
 
 
 def reconcile(bundle: Bundle, *, dry_run: bool, nodes: Nodes | None = None) -> list[Action]:

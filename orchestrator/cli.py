@@ -13,7 +13,7 @@ import click
 from engine import EngineError
 from policies.errors import PolicyError
 
-from . import cli_aim, cli_node, cli_policy, cli_storage, demo
+from . import cli_aim, cli_node, cli_policy, cli_run, cli_storage, demo
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -32,7 +32,8 @@ def cli(ctx: click.Context, root: str, node_url: str | None, token_file: str | N
     ctx.obj = cli_storage.Target(root=root, node_url=node_url, token_file=token_file)
 
 
-for command in (*cli_storage.COMMANDS, *cli_aim.COMMANDS, *cli_policy.COMMANDS, cli_node.node, demo.demo):
+for command in (*cli_storage.COMMANDS, *cli_aim.COMMANDS, *cli_policy.COMMANDS, *cli_run.COMMANDS, cli_node.node,
+                demo.demo):
     cli.add_command(command)
 
 

@@ -4,7 +4,6 @@ per run, retries with backoff; every attempt (and every skip or miss) is a row i
 import logging
 import random
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
@@ -20,8 +19,10 @@ log = logging.getLogger("aimsnap.run")
 
 class Runner:
     def __init__(self, store: Store, bundle: Callable[[], Bundle], nodes: Callable[[str], object],
-                 clock: Callable[[], datetime], sleep: Callable[[float], None] = time.sleep) -> None:
-        self.store, self.bundle, self.nodes, self.clock, self.sleep = store, bundle, nodes, clock, sleep
+                 clock: Callable[[], datetime], sleep: Callable[[float], None] | None = None) -> None:
+        self.store, self.bundle, self.nodes, self.clock = store, bundle, nodes, clock
+        self.stopping = threading.Event()  # set at shutdown: jitter and backoff waits end, no more retries
+        self.sleep = sleep or self.stopping.wait
         self.locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
     def policy(self, name: str) -> Policy | None:
@@ -56,7 +57,7 @@ class Runner:
             status = None
             for attempt in range(1, policy.retries + 2):
                 status, release = self._attempt(policy, scheduled_for, trigger, attempt, lock)
-                if status in ("ok", "timeout") or attempt > policy.retries:
+                if status in ("ok", "timeout") or attempt > policy.retries or self.stopping.is_set():
                     break
                 self.sleep(min(policy.backoff * 2 ** (attempt - 1), 3600))
             return status

@@ -112,6 +112,7 @@ class Orchestrator:
             self.scheduler.resume()
 
     def shutdown(self, wait: bool = True) -> None:
+        self.runner.stopping.set()
         self.scheduler.shutdown(wait=wait)
         if not wait:
             self.store.interrupt_running(self.clock())

@@ -219,3 +219,23 @@ def test_a_failing_marker_fails_the_run(tmp_path, status):
     assert orch.trigger("p15") == status
     assert "not pre-configured" in orch.store.history("p15")[0]["error"]
     assert orch.store.consecutive_failures("p15") == 1
+
+
+def test_stall_watchdog(tmp_path):
+    from orchestrator.store import Store
+    from orchestrator.watchdog import Watchdog
+    store = Store(str(tmp_path / "w.db"))
+    state = {"acked_seq": 10, "queued_entries": 5, "state": "disconnected", "last_error": "Connection refused"}
+    dog = Watchdog(store, lambda: [("prod", "a")], lambda n, s: dict(state), stall_after=300)
+    t = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    assert dog.check(t) == set()
+    assert dog.check(t + timedelta(seconds=299)) == set()
+    assert dog.check(t + timedelta(seconds=301)) == {("prod", "a")}
+    dog.check(t + timedelta(seconds=400))  # reported once
+    events = list(store.db.query("SELECT kind, message FROM events"))
+    assert [e["kind"] for e in events] == ["stalled"] and "Connection refused" in events[0]["message"]
+    state["acked_seq"] = 11
+    assert dog.check(t + timedelta(seconds=500)) == set()
+    assert [e["kind"] for e in store.db.query("SELECT kind FROM events")] == ["stalled", "recovered"]
+    state["queued_entries"] = 0  # idle is not stalled
+    assert dog.check(t + timedelta(hours=5)) == set()

@@ -1,0 +1,56 @@
+"""Prometheus metrics of the orchestrator, read from the outcome store at scrape time."""
+
+from datetime import datetime, timezone
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .store import Store
+
+
+class _Collector:
+    def __init__(self, store: Store, watchdog) -> None:
+        self.store, self.watchdog = store, watchdog
+
+    def collect(self):
+        runs = CounterMetricFamily("aimsnap_runs", "Runs by policy and status", labels=["policy", "status"])
+        for r in self.store.db.query("SELECT policy, status, COUNT(*) AS n FROM runs GROUP BY policy, status"):
+            runs.add_metric([r["policy"], r["status"]], r["n"])
+        yield runs
+        dur = GaugeMetricFamily("aimsnap_run_last_duration_seconds", "Duration of the last finished run",
+                                labels=["policy"])
+        rpo = GaugeMetricFamily("aimsnap_rpo_seconds", "Age of the newest recovery point", labels=["policy"])
+        since = GaugeMetricFamily("aimsnap_seconds_since_last_success", "Since the last ok run", labels=["policy"])
+        now = datetime.now(timezone.utc)
+
+        def age(t: str | None) -> float | None:
+            return (now - datetime.fromisoformat(t.replace("Z", "+00:00"))).total_seconds() if t else None
+
+        for s in self.store.schedule():
+            p = s["policy"]
+            row = self.store.db.execute("SELECT started_at, finished_at FROM runs WHERE policy=? AND finished_at "
+                                        "IS NOT NULL AND status IN ('ok','failed','timeout') ORDER BY id DESC LIMIT 1",
+                                        [p]).fetchone()
+            if row:
+                dur.add_metric([p], age(row[0]) - age(row[1]))
+            point = self.store.newest_recovery_point(p)
+            if point and point.get("issued_at"):
+                rpo.add_metric([p], age(point["issued_at"]))
+            ok = self.store.db.execute("SELECT MAX(finished_at) FROM runs WHERE policy=? AND status='ok'", [p]).fetchone()
+            if ok and ok[0]:
+                since.add_metric([p], age(ok[0]))
+        yield dur
+        yield rpo
+        yield since
+        stalled = GaugeMetricFamily("aimsnap_aim_stalled", "1 while the watchdog sees the AIM set stalled",
+                                    labels=["node", "aim_set"])
+        for node, name in sorted(self.watchdog.stalled):
+            stalled.add_metric([node, name], 1.0)
+        yield stalled
+
+
+def serve_metrics(addr: str, store: Store, watchdog) -> None:
+    host, _, port = addr.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(_Collector(Store(store.path), watchdog))
+    start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
