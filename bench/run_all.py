@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHES = {"increment": ["increment.py"], "nbd": ["nbd.py"], "replication": ["replication.py"],
+BENCHES = {"increment": ["increment.py"], "nbd": ["nbd.py"], "replication": ["replication.py"], "scheduler": ["scheduler.py"],
            "policies": ["policies.py"]}
 
 

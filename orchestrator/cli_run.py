@@ -186,4 +186,48 @@ def reload(db: str) -> int:
     return 0
 
 
-COMMANDS = (run, status, history, trigger, reload)
+@click.command()
+@db_option
+@click.option("--html", "html_file", required=True, type=click.Path(dir_okay=False), help="Write the page here.")
+def report(db: str, html_file: str) -> None:
+    """One self-contained HTML page: runs by policy over time, and the RPO over time."""
+    from .report import render
+    with open(html_file, "w") as f:
+        f.write(render(_open(db)))
+    click.echo(f"wrote {html_file}")
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Only list what retention would delete.")
+@db_option
+@json_option
+def prune(files: tuple[str, ...], dry_run: bool, db: str, as_json: bool) -> int:
+    """Apply every policy's `retain` to its destination points in time (never the newest, never
+    below `min`)."""
+    from .actions import ActionContext
+    from .actions.source_snapshot import prune_destination
+    from .apply import Nodes
+    from policies.validate import load_policies
+    bundle = load_policies(list(files))
+    nodes = Nodes(bundle)
+    rows = []
+    try:
+        for p in bundle.policies:
+            if p.retain is None or p.kind == "group":
+                continue
+            ctx = ActionContext(p, bundle, nodes, Store(db), 0, lambda: datetime.now(timezone.utc))
+            for point in prune_destination(ctx, dry_run=dry_run):
+                rows.append({"policy": p.name, "snapshot": p.destination_snapshot, "point": point,
+                             "action": "would delete" if dry_run else "deleted"})
+    finally:
+        nodes.close()
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(rows, [("policy", "POLICY"), ("snapshot", "SNAPSHOT"), ("point", "POINT"), ("action", "ACTION")],
+                    empty="nothing to prune")
+    return 0
+
+
+COMMANDS = (run, status, history, trigger, reload, report, prune)

@@ -172,7 +172,9 @@ class Orchestrator:
         """APScheduler hands over every fire time that fell due (coalescing is ours: the runner
         records the older ones as missed and judges the newest against the grace)."""
         self.runner.fire(job_id, run_times[-1], overdue=tuple(run_times[:-1]))
-        self.publish_schedule()
+        job = self.scheduler.get_job(job_id)
+        if job is not None:  # one row: rewriting the whole schedule per run costs O(jobs)
+            self.store.update_schedule(job_id, job.next_run_time and iso(job.next_run_time), self.clock())
 
     def catch_up(self, now: datetime) -> None:
         """Fires that fell due while no orchestrator ran (downtime), judged from the store."""

@@ -62,6 +62,9 @@ class Store:
             conn.execute("PRAGMA busy_timeout=30000")
             db = sqlite_utils.Database(conn)
             db.enable_wal()
+            # WAL + NORMAL: a commit is atomic and survives a crash of the process; a power loss may
+            # lose the last commits but never corrupts the store (the outcome record, not the data)
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
         return db
 
@@ -173,6 +176,9 @@ class Store:
                 self.db.execute("INSERT INTO schedule VALUES (?,?,?,?,?)",
                                 [r["policy"], r["kind"], r["trigger"], r["next_fire"], iso(now)])
             self.db.execute("COMMIT")
+
+    def update_schedule(self, policy: str, next_fire: str | None, now: datetime) -> None:
+        self._write("UPDATE schedule SET next_fire=?, updated_at=? WHERE policy=?", (next_fire, iso(now), policy))
 
     def schedule(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM schedule ORDER BY policy"))

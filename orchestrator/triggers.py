@@ -6,6 +6,7 @@ the DST rules live: a wall time that does not exist (spring forward) fires once,
 gap; an ambiguous one (fall back) fires once, at its first occurrence.
 """
 
+import math
 from collections.abc import Iterator
 from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -110,9 +111,8 @@ class EveryTrigger(PolicyTrigger):
         else:
             k = int(((after_local - _EPOCH).total_seconds() - p.offset) // p.every)
             base = _EPOCH + timedelta(seconds=k * p.every + p.offset)
-        t = base
-        while t < after_local:
-            t += step
+        behind = (after_local - base).total_seconds()
+        t = base + step * max(0, math.ceil(behind / p.every))  # straight to the first candidate
         while True:
             yield t
             t += step

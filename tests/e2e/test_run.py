@@ -80,3 +80,43 @@ def test_run_status_history_and_recovery_points(pair, tmp_path):
     rows = hist(db)
     assert not [r for r in rows if r["status"] == "running"], "a stopped orchestrator left runs running"
     assert {r["status"] for r in rows} <= {"ok", "interrupted", "skipped", "missed"}
+
+
+def test_destination_down_then_back_prune_and_report(pair, tmp_path):
+    path = fast_policies(pair, tmp_path)
+    text = open(path).read().replace("marker: {destination_snapshot: db01-dr-pit}",
+                                     "marker: {destination_snapshot: db01-dr-pit, wait: 2s}\n"
+                                     "    retain: {last: 2, min: 2}\n    retries: {count: 0}")
+    open(path, "w").write(text)
+    assert aimsnap("apply", path).code == 0
+    pair.wait_state("db01-ci-to-dr", "replicating")
+    db = str(tmp_path / "o.db")
+    log = open(tmp_path / "run.log", "wb")
+    proc = start_run(path, db, log)
+    try:
+        wait_for(lambda: len(hist(db, "--policy", "db01-15m", "--status", "ok")) >= 3)
+        pair.dst.proc.stop(signal.SIGKILL)
+        t_down = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        bad = wait_for(lambda: [r for r in hist(db, "--policy", "db01-15m") if r["started_at"] > t_down
+                                and r["status"] in ("failed", "timeout")])
+        assert "not applied within 2s" in bad[0]["error"]
+        rpo_1 = aimsnap("status", "--db", db, "--json").json()["policies"]
+        time.sleep(3)
+        rpo_2 = aimsnap("status", "--db", db, "--json").json()["policies"]
+        by1, by2 = ({p["policy"]: p for p in r} for r in (rpo_1, rpo_2))
+        assert by2["db01-15m"]["rpo_seconds"] > by1["db01-15m"]["rpo_seconds"] >= 2  # the RPO grows
+        assert by2["db01-15m"]["consecutive_failures"] >= 1
+        pair.dst.restart()  # the node comes back on the same ports; nobody touches the orchestrator
+        t_up = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        wait_for(lambda: [r for r in hist(db, "--policy", "db01-15m", "--status", "ok") if r["started_at"] > t_up])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    points = pair.dst.api.snapshot_info("db01-dr-pit")["points"]
+    assert len(points) == 2  # retention ran after each run: last 2
+    dry = aimsnap("prune", "--dry-run", "--db", db, "--json", path)
+    assert dry.code == 0 and dry.json() == []
+    out = tmp_path / "report.html"
+    assert aimsnap("report", "--db", db, "--html", str(out)).code == 0
+    page = out.read_text()
+    assert "<svg" in page and "db01-15m" in page and "worst RPO" in page and "<script" not in page
