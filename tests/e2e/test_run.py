@@ -68,6 +68,16 @@ def test_run_status_history_and_recovery_points(pair, tmp_path):
         res = aimsnap("trigger", "app", "--db", db)
         assert res.code == 0 and "running orchestrator" in res.text
         wait_for(lambda: any(r["trigger"] == "manual" for r in hist(db, "--policy", "app")))
+        # reload: a broken file is refused and recorded, a good one is taken
+        good = open(path).read()
+        open(path, "w").write(good.replace("every: 3s", "every: 3 seconds"))
+        assert aimsnap("reload", "--db", db).code == 0
+        from orchestrator.store import Store
+        events = lambda: [e["kind"] for e in Store(db).db.query("SELECT kind FROM events ORDER BY id")]  # noqa: E731
+        wait_for(lambda: "reload-refused" in events())
+        open(path, "w").write(good)
+        assert aimsnap("reload", "--db", db).code == 0
+        wait_for(lambda: "reload" in events())
         # SIGKILL mid-run, restart: left-running rows become interrupted, and runs succeed again
         proc.send_signal(signal.SIGKILL)
         proc.wait()
