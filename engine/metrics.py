@@ -29,8 +29,8 @@ class _VolumeCollector:
 
 
 class _AimCollector:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, node: Node, receiver=None) -> None:
+        self.node, self.receiver = node, receiver
 
     def collect(self):
         state = GaugeMetricFamily("aimsnap_aim_state", "1 for the AIM set's current state", labels=["aim_set", "state"])
@@ -54,6 +54,11 @@ class _AimCollector:
                 c.add_metric([aim.name], st[k])
         for row in self.node.meta.query("SELECT aim_set, state, COUNT(*) AS n FROM markers GROUP BY aim_set, state"):
             markers.add_metric([row["aim_set"], row["state"]], row["n"])
+        if self.receiver is not None:
+            rejected = CounterMetricFamily("aimsnap_aim_rejected_connections",
+                                           "Connections to the AIM port refused (authentication, protocol, checksum)")
+            rejected.add_metric([], self.receiver.rejected)
+            yield rejected
         yield state
         yield from gauges.values()
         yield from counters.values()
@@ -61,10 +66,10 @@ class _AimCollector:
 
 
 class NodeMetrics:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, receiver=None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_VolumeCollector(node))
-        self.registry.register(_AimCollector(node))
+        self.registry.register(_AimCollector(node, receiver))
         self.enables = Histogram("aimsnap_snapshot_enable_seconds", "Snapshot enables and their durations",
                                  ["snapshot", "type"], registry=self.registry,
                                  buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))

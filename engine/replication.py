@@ -73,7 +73,6 @@ class AimSet:
         # ranges sent, not yet acknowledged: (last seq, entries, bytes, time_ns of the first)
         self.inflight: collections.deque[tuple[int, int, int, int]] = collections.deque()
         self.unacked_entries, self.unacked_bytes, self.oldest_ns = self.journal.backlog(self.acked_seq)
-        self.acked_at = time.time()
         self._sock = None
         self._thread: threading.Thread | None = None
 
@@ -309,7 +308,6 @@ class AimSet:
                 self.unacked_entries -= count
                 self.unacked_bytes -= size
             self.acked_seq = seq
-            self.acked_at = time.time()
             if self.inflight:
                 self.oldest_ns = self.inflight[0][3]
             elif self.unacked_entries <= 0:

@@ -77,13 +77,13 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
     token, created = load_or_create_token(token_file)
     sockets = {"api": api.bind(), "nbd": nbd.bind(), "aim": aim.bind()}
     node = Node(root)
-    metrics = NodeMetrics(node)
     nbd_server = NbdServer(node)
+    receiver = Receiver(node, token, aimwire.server_tls(*aim_tls) if aim_tls else None)
+    metrics = NodeMetrics(node, receiver)
     runner = web.AppRunner(make_app(node, token, metrics.render), access_log=None, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sockets["api"]).start()
     nbd_server.start(sockets["nbd"])
-    receiver = Receiver(node, token, aimwire.server_tls(*aim_tls) if aim_tls else None)
     receiver.start(sockets["aim"])
     node.replication.start()
 

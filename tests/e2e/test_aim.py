@@ -130,6 +130,9 @@ def test_garbage_wrong_token_and_wrong_protocol_on_the_aim_port(pair):
         len(before["points"]) + 1
     assert pair.dst.api.read("g-dr", 0, 10) == b"still fine"
     assert "closing connection" in pair.dst.log()
+    metrics = pair.dst.api._request("GET", "/metrics").decode()
+    rejected = [line for line in metrics.splitlines() if line.startswith("aimsnap_aim_rejected_connections_total")]
+    assert rejected and float(rejected[0].split()[-1]) >= 3
 
 
 def test_group_marker_is_one_write_order_point(pair):
