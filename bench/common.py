@@ -73,3 +73,15 @@ def fio_iops(uri: str, rw: str, seconds: int, size: int) -> float:
                           "--output-format=json"], capture_output=True, text=True, check=True).stdout
     job = json.loads(out[out.index("{"):])["jobs"][0]
     return job["read" if "read" in rw else "write"]["iops"]
+
+
+def topology(prod: str = "prod", dr: str = "dr", token_file: str = "t") -> list[str]:
+    """The YAML lines of a policy file's header: two nodes, a replicated volume `v` -> `v-dr` with
+    a differential `v-dr-pit`, and the AIM set `a`; policies follow."""
+    return ["version: 1", "nodes:",
+            f'  {prod}: {{api: "http://127.0.0.1:7410", token_file: {token_file}, aim: "127.0.0.1:7411"}}',
+            f'  {dr}: {{api: "http://127.0.0.1:7420", token_file: {token_file}, aim: "127.0.0.1:7421"}}',
+            "resources:", "  volumes:", f"    - {{node: {prod}, name: v, size: 1GiB}}",
+            f"    - {{node: {dr}, name: v-dr, size: 1GiB}}", "  snapshots:",
+            f"    - {{node: {dr}, name: v-dr-pit, source: v-dr, type: differential}}", "  aim_sets:",
+            f"    - {{node: {prod}, name: a, source: v, to: {{node: {dr}, volume: v-dr}}}}", "policies:"]

@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timezone
 
 import yaml
-from common import emit, median
+from common import emit, median, topology
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jsonschema  # noqa: E402
@@ -31,13 +31,7 @@ def write_files(work: str, files: int, per_file: int) -> list[str]:
     rng = random.Random(1)
     paths = []
     for f in range(files):
-        lines = ["version: 1", "nodes:",
-                 f'  prod{f}: {{api: "http://127.0.0.1:7410", token_file: t, aim: "127.0.0.1:7411"}}',
-                 f'  dr{f}: {{api: "http://127.0.0.1:7420", token_file: t, aim: "127.0.0.1:7421"}}',
-                 "resources:", "  volumes:", f"    - {{node: prod{f}, name: v, size: 1GiB}}",
-                 f"    - {{node: dr{f}, name: v-dr, size: 1GiB}}", "  snapshots:",
-                 f"    - {{node: dr{f}, name: v-dr-pit, source: v-dr, type: differential}}", "  aim_sets:",
-                 f"    - {{node: prod{f}, name: a, source: v, to: {{node: dr{f}, volume: v-dr}}}}", "policies:"]
+        lines = topology(f"prod{f}", f"dr{f}")
         for i in range(per_file):
             lines += [f"  - name: p{f}-{i}", "    kind: auto-marker", f"    node: prod{f}", "    aim_set: a"]
             if rng.random() < 0.5:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 
-from common import emit, peak_rss_mib
+from common import emit, peak_rss_mib, topology
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from orchestrator.service import Orchestrator  # noqa: E402
@@ -36,11 +36,7 @@ class NoopNode:
 def policy_file(work: str, n: int) -> str:
     with open(os.path.join(work, "t"), "w") as f:
         f.write("token-token-token-token\n")
-    lines = ["version: 1", "nodes:", '  prod: {api: "http://127.0.0.1:1", token_file: t, aim: "127.0.0.1:2"}',
-             '  dr: {api: "http://127.0.0.1:3", token_file: t, aim: "127.0.0.1:4"}', "resources:", "  volumes:",
-             "    - {node: prod, name: v, size: 1GiB}", "    - {node: dr, name: v-dr, size: 1GiB}", "  snapshots:",
-             "    - {node: dr, name: v-dr-pit, source: v-dr, type: differential}", "  aim_sets:",
-             "    - {node: prod, name: a, source: v, to: {node: dr, volume: v-dr}}", "policies:"]
+    lines = topology()
     for i in range(n):
         lines += [f"  - name: p{i}", "    kind: auto-marker", "    node: prod", "    aim_set: a", "    every: 1m",
                   "    marker: {destination_snapshot: v-dr-pit}"]
