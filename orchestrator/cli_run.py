@@ -47,15 +47,15 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
         stall = parse_duration(stall_after)
     except DurationError as e:
         raise InvalidInput(str(e)) from None
+    stop, reload = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # before anything slow: a stop during start is clean
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     orch = Orchestrator(list(files), db)
     dog = Watchdog(orch.store, lambda: sorted({(p.node, p.aim_set) for p in orch.bundle.policies if p.aim_set}),
                    lambda node, name: orch.runner.nodes(node).replication.info(name), stall)
     if metrics_addr:
         serve_metrics(metrics_addr, orch.store, dog)
-    stop, reload = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     orch.start()
     logging.getLogger("aimsnap.scheduler").info("running %d job(s) from %s; outcomes in %s", len(orch.jobs),
                                                 ", ".join(files), os.path.abspath(db))

@@ -22,6 +22,12 @@ def start_run(path, db, log):
                             stdout=log, stderr=subprocess.STDOUT)
 
 
+def stamp() -> str:
+    """Now, in the store's own format, so that comparisons with started_at are exact."""
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def hist(db, *args):
     res = aimsnap("history", "--db", db, "--json", *args)
     return res.json() if res.code == 0 else []
@@ -52,7 +58,7 @@ def test_run_status_history_and_recovery_points(pair, tmp_path):
         def applied_after(t0):
             rows = hist(db, "--policy", "db01-15m", "--status", "ok")
             return [r for r in rows if r["started_at"] > t0]
-        t0 = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        t0 = stamp()
         run = wait_for(lambda: applied_after(t0))[0]
         point = run["details"]["marker"]["point"]
         assert pair.dst.api.read_snapshot("db01-dr-pit", point, 0, 11) == b"content one"
@@ -82,7 +88,7 @@ def test_run_status_history_and_recovery_points(pair, tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc = start_run(path, db, log)
-        t1 = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        t1 = stamp()
         wait_for(lambda: applied_after(t1))
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -106,7 +112,7 @@ def test_destination_down_then_back_prune_and_report(pair, tmp_path):
     try:
         wait_for(lambda: len(hist(db, "--policy", "db01-15m", "--status", "ok")) >= 3)
         pair.dst.proc.stop(signal.SIGKILL)
-        t_down = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        t_down = stamp()
         bad = wait_for(lambda: [r for r in hist(db, "--policy", "db01-15m") if r["started_at"] > t_down
                                 and r["status"] in ("failed", "timeout")])
         assert "not applied within 2s" in bad[0]["error"]
@@ -117,13 +123,18 @@ def test_destination_down_then_back_prune_and_report(pair, tmp_path):
         assert by2["db01-15m"]["rpo_seconds"] > by1["db01-15m"]["rpo_seconds"] >= 2  # the RPO grows
         assert by2["db01-15m"]["consecutive_failures"] >= 1
         pair.dst.restart()  # the node comes back on the same ports; nobody touches the orchestrator
-        t_up = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        t_up = stamp()
         wait_for(lambda: [r for r in hist(db, "--policy", "db01-15m", "--status", "ok") if r["started_at"] > t_up])
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+    # retention ran after each successful run; a marker applied after its run gave up waiting (2 s)
+    # leaves one more point, which `prune` removes
     points = pair.dst.api.snapshot_info("db01-dr-pit")["points"]
-    assert len(points) == 2  # retention ran after each run: last 2
+    assert len(points) >= 2
+    pruned = aimsnap("prune", "--db", db, "--json", path)
+    assert pruned.code == 0 and len(pruned.json()) == len(points) - 2
+    assert len(pair.dst.api.snapshot_info("db01-dr-pit")["points"]) == 2
     dry = aimsnap("prune", "--dry-run", "--db", db, "--json", path)
     assert dry.code == 0 and dry.json() == []
     out = tmp_path / "report.html"
