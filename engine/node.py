@@ -29,7 +29,7 @@ from .fsutil import create_sparse, data_extents, fsync_dir
 from .meta import Meta
 from .snapshots import CompleteImage, Differential, EnableResult, Point
 from .units import format_size, parse_size
-from .volume import Volume
+from .volume import Volume, barrier
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 POINT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
@@ -344,9 +344,7 @@ class Node:
                 diffs = [r for r in rels if isinstance(r, Differential)]
                 point_name = self._unique_point_name(diffs, label, now)
                 new_points = {r.name: self._new_point(r, point_name, now) for r in diffs}
-                with contextlib.ExitStack() as barrier:
-                    for vol in sorted({r.source.name for r in rels}):
-                        barrier.enter_context(self.volumes[vol].lock)
+                with barrier(r.source for r in rels):
                     for rel in rels:
                         if isinstance(rel, Differential):
                             rel.begin_enable(iso(now), new_points[rel.name])

@@ -27,7 +27,7 @@ from .errors import AlreadyExists, Conflict, EngineError, InvalidInput, NotFound
 from .fsutil import data_extents
 from .journal import Cursor, Journal
 from .units import format_size, parse_size
-from .volume import Volume, WriteIntent, pread_all
+from .volume import Volume, WriteIntent, barrier, pread_all
 
 log = logging.getLogger("aimsnap.aim")
 STATES = ("replicating", "disconnected", "resyncing", "paused")
@@ -593,10 +593,7 @@ class Replication:
         members = [self.aim_set(m) for m in self.group_members(group)]
         if not snapshot_set:
             raise InvalidInput("a group marker names the destination snapshot set to enable (--snapshot-set)")
-        import contextlib
-        with contextlib.ExitStack() as barrier:
-            for vol in sorted({a.volume.name: a.volume for a in members}.items()):
-                barrier.enter_context(vol[1].lock)
+        with barrier(a.volume for a in members):
             rows = self._append_markers(members, group=group, snapshot_set=snapshot_set, label=label)
         return self.group_marker(rows[0]["group_marker"])
 

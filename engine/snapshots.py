@@ -167,7 +167,7 @@ class Differential:
 
     def before_write(self, intent: WriteIntent) -> None:
         if self.points:
-            _preserve(self.source.fd, self.points[-1], intent.first, intent.last, self.source)
+            _preserve(self.source, self.points[-1], intent.first, intent.last)
 
     def flush(self) -> None:
         pass  # copies are made durable before the write they protect lands (see _preserve)
@@ -226,7 +226,7 @@ class Differential:
             p.close()
 
 
-def _preserve(source_fd: int, point: Point, first: int, last: int, source: Volume) -> None:
+def _preserve(source: Volume, point: Point, first: int, last: int) -> None:
     """Copy the blocks of ``first..last`` that ``point`` does not hold yet, durably, before the
     write that would overwrite them."""
     bs, size = source.block_size, source.size
@@ -234,7 +234,7 @@ def _preserve(source_fd: int, point: Point, first: int, last: int, source: Volum
     if not todo:
         return
     for b in todo:
-        copy_range(source_fd, point.fd, b * bs, min(bs, size - b * bs))
+        copy_range(source.fd, point.fd, b * bs, min(bs, size - b * bs))
     os.fdatasync(point.fd)
     for b in todo:
         point.present.mark(b, b)

@@ -6,8 +6,10 @@ complete-image increments in progress, and later the AIM journal) registers as a
 applies the write, so a consumer never misses a write and a barrier is one lock.
 """
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -134,6 +136,16 @@ class Volume:
             apply()
         self.stats.writes += 1
         self.stats.bytes_written += intent.length
+
+
+@contextlib.contextmanager
+def barrier(volumes: Iterable["Volume"]) -> Iterator[None]:
+    """No write lands on any of ``volumes`` inside: their locks, always taken in name order so
+    that two barriers over overlapping volumes cannot deadlock (snapshot sets, group markers)."""
+    with contextlib.ExitStack() as stack:
+        for vol in sorted({v.name: v for v in volumes}.values(), key=lambda v: v.name):
+            stack.enter_context(vol.lock)
+        yield
 
 
 def check_range(name: str, size: int, offset: int, length: int) -> None:
