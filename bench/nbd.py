@@ -20,10 +20,8 @@ import time
 
 from common import emit, fio_iops, free_port, median, timed, vm_hwm_mib
 
-sys.path.append(os.path.join(os.path.dirname(__file__), "..", "tests"))
-from nodeproc import start_node  # noqa: E402
-
 from engine import parse_size  # noqa: E402
+from orchestrator.localnode import start_node  # noqa: E402
 
 
 def start_nbdkit(path: str) -> tuple[subprocess.Popen, str]:

@@ -26,10 +26,8 @@ import time
 
 from common import emit, fio_iops, free_port, median, vm_hwm_mib
 
-sys.path.append(os.path.join(os.path.dirname(__file__), "..", "tests"))
-from nodeproc import start_node  # noqa: E402
-
 from engine import parse_size  # noqa: E402
+from orchestrator.localnode import start_node  # noqa: E402
 from orchestrator.node_client import RemoteNode  # noqa: E402
 
 MiB = 1 << 20

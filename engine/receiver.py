@@ -266,8 +266,11 @@ class Receiver:
                  f" ({result.get('error')})" if result.get("error") else "")
         return result
 
-    def _point_name(self, m: dict) -> str:
-        return m.get("label") or m["point"]
+    @staticmethod
+    def _point_name(m: dict) -> str:
+        """LABEL.TIMESTAMP, or the timestamp: unique per marker (the source never stamps two markers
+        in the same millisecond), so a point that already exists was made by this very marker."""
+        return f"{m['label']}.{m['point']}" if m.get("label") else m["point"]
 
     def _enable(self, vol: Volume, m: dict) -> dict:
         name = m.get("snapshot")

@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import uuid
+from datetime import datetime, timedelta
 
 
 from . import aimwire, frames
@@ -33,6 +34,7 @@ log = logging.getLogger("aimsnap.aim")
 STATES = ("replicating", "disconnected", "resyncing", "paused")
 TO_RE = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})/(?P<volume>[^/\s]+)$")
 DEFAULT_JOURNAL_LIMIT = 1 << 30
+MAX_LABEL = 100  # a point is named LABEL.TIMESTAMP, at most 128 characters
 HEARTBEAT_SECONDS = 2.0
 RESYNC_RUN_BLOCKS = 64
 SMALL_BATCH = 1 << 20
@@ -395,6 +397,8 @@ class Replication:
         self.sets: dict[str, AimSet] = {}
         self.serving = False
         self.waiters = threading.Condition()
+        self._stamp_lock = threading.Lock()
+        self._last_stamp: datetime | None = None
         os.makedirs(os.path.join(node.root, "aim"), exist_ok=True)
 
     def set_dir(self, name: str) -> str:
@@ -600,11 +604,12 @@ class Replication:
     def _append_markers(self, sets: list[AimSet], *, snapshot: str | None = None, group: str | None = None,
                         snapshot_set: str | None = None, label: str | None = None) -> list[dict]:
         from .node import POINT_RE, iso, point_stamp
-        if label is not None and not POINT_RE.match(label):
-            raise InvalidInput(f"invalid marker label {label!r}: use 1-128 letters, digits, '.', '_', ':', '+' or '-'")
+        if label is not None and not (POINT_RE.match(label) and len(label) <= MAX_LABEL):
+            raise InvalidInput(f"invalid marker label {label!r}: use 1-{MAX_LABEL} letters, digits, '.', '_', ':', "
+                               "'+' or '-'")
         if group is None and not snapshot:
             raise InvalidInput("a marker names the destination snapshot to enable (--snapshot)")
-        now = self.node.clock()
+        now = self._issue_time()
         group_id = uuid.uuid4().hex if group else None
         rows = []
         for aim in sets:
@@ -628,6 +633,16 @@ class Replication:
                 self.meta.execute("UPDATE markers SET seq=? WHERE id=?", seq, marker_id)
             rows.append(self.marker(marker_id))
         return rows
+
+    def _issue_time(self) -> datetime:
+        """Now, but at least 1 ms after the previous marker: the destination names points by the
+        millisecond, and two markers must never share a point name."""
+        with self._stamp_lock:
+            now = self.node.clock()
+            if self._last_stamp is not None and now < self._last_stamp + timedelta(milliseconds=1):
+                now = self._last_stamp + timedelta(milliseconds=1)
+            self._last_stamp = now
+            return now
 
     def marker_result(self, marker_id: int, result: dict) -> None:
         self.meta.execute("UPDATE markers SET state=?, applied_at=?, point=?, error=? WHERE id=? AND state='issued'",

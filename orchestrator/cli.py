@@ -33,7 +33,7 @@ def cli(ctx: click.Context, root: str, node_url: str | None, token_file: str | N
 
 
 for command in (*cli_storage.COMMANDS, *cli_aim.COMMANDS, *cli_policy.COMMANDS, *cli_run.COMMANDS, cli_node.node,
-                demo.demo):
+                demo.demo, demo.demo_quiesce):
     cli.add_command(command)
 
 

@@ -2,8 +2,6 @@
 
 import click
 
-from engine import server
-
 
 @click.group()
 def node() -> None:
@@ -24,5 +22,6 @@ def node() -> None:
 def serve(target, node_root: str | None, api: str, nbd: str, aim: str, serve_token_file: str | None,
           aim_tls_cert: str | None, aim_tls_key: str | None) -> int:
     """Serve the control API, NBD exports and the AIM port of a node root until SIGTERM."""
+    from engine import server  # aiohttp is heavy: only the node process needs it
     return server.run(node_root or target.root, api, nbd, aim, serve_token_file or target.token_file,
                       aim_tls_cert, aim_tls_key)

@@ -113,7 +113,11 @@ class Orchestrator:
 
     def shutdown(self, wait: bool = True) -> None:
         self.runner.stopping.set()
-        self.scheduler.shutdown(wait=wait)
+        # Drain the runs first: APScheduler's shutdown holds its job-store lock while it waits for
+        # the executor, and a finishing run reads its job's next fire time under that same lock.
+        self.scheduler.pause()
+        self.executor.shutdown(wait=wait)
+        self.scheduler.shutdown(wait=False)
         if not wait:
             self.store.interrupt_running(self.clock())
         if hasattr(self._nodes, "close"):

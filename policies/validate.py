@@ -240,9 +240,6 @@ class _Semantics:
         if kind == "group" and item.get("group") is not None:
             group = self._ref(doc, p + ("group",), ("group",), node, item["group"], "group")
             ok &= group is not None and self._group_set(doc, p, node, group, marker.get("destination_snapshot_set"))
-        if item.get("quiesce") is not None and kind != "auto-marker":
-            self.err(doc, p + ("quiesce",), "quiesce commands belong to auto-marker policies")
-            ok = False
         misfire = {**defaults.get("misfire", {}), **(item.get("misfire") or {})}
         retries = {**defaults.get("retries", {}), **(item.get("retries") or {})}
         quiesce = item.get("quiesce") or {}

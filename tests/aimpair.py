@@ -6,7 +6,7 @@ import time
 
 from orchestrator.node_client import RemoteNode
 
-from .nodeproc import NodeProc, start_node
+from orchestrator.localnode import NodeProc, start_node
 
 
 class Side:

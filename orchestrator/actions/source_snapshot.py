@@ -1,5 +1,6 @@
-"""source-snapshot: increment the complete-image snapshot, mark its AIM set, wait for the
-destination point, then apply retention to the destination's points in time."""
+"""source-snapshot: increment the complete-image snapshot and mark its AIM set (both inside the
+quiesce hooks, if any, so the increment is application-consistent), wait for the destination point,
+then apply retention to the destination's points in time."""
 
 import time
 
@@ -7,15 +8,17 @@ from policies.retention import to_delete
 
 from . import ActionContext
 from .markers import settle
+from .quiesce import quiesced
 
 
 def run(ctx: ActionContext) -> None:
     p = ctx.policy
     api = ctx.nodes(p.node)
     t0 = time.monotonic()
-    inc = api.enable_snapshot(p.snapshot)
-    ctx.details["increment"] = {"blocks": inc["blocks"], "bytes": inc["bytes"], "seconds": inc["seconds"]}
-    marker = api.replication.issue_marker(p.aim_set, p.destination_snapshot, p.marker_label)
+    with quiesced(ctx):
+        inc = api.enable_snapshot(p.snapshot)
+        ctx.details["increment"] = {"blocks": inc["blocks"], "bytes": inc["bytes"], "seconds": inc["seconds"]}
+        marker = api.replication.issue_marker(p.aim_set, p.destination_snapshot, p.marker_label)
     settle(ctx, marker, p.marker_wait)
     if p.retain:
         ctx.details["pruned"] = prune_destination(ctx)

@@ -12,7 +12,7 @@ from engine.aimwire import GREETING
 
 from ..aimpair import read_all, read_point
 from ..cli import aimsnap
-from ..nbdclient import NbdClient
+from engine.nbdclient import NbdClient
 
 MiB = 1 << 20
 
@@ -40,8 +40,8 @@ def test_every_applied_marker_equals_the_source_at_issue(pair):
     nbd.close()
     for marker_id, (label, content) in expected.items():
         m = pair.src.api.replication.wait(marker_id, 60)
-        assert m["state"] == "applied" and m["point"] == label, m
-        assert read_point(pair.dst.api, "db01-dr-pit", label, size) == content, f"point {label} differs"
+        assert m["state"] == "applied" and m["point"].startswith(f"{label}."), m  # LABEL.TIMESTAMP
+        assert read_point(pair.dst.api, "db01-dr-pit", m["point"], size) == content, f"point {label} differs"
     status = pair.wait_caught_up(aim)
     assert status["bytes_written"] > 0 and status["bytes_sent"] > 0 and status["queued_bytes"] == 0
     assert read_all(pair.dst.api, "db01-dr", size) == read_all(pair.src.api, "db01", size)
@@ -69,7 +69,8 @@ def test_initial_sync_marker_fields_and_failures(pair):
     pair.src.api.write("v", 0, b"stream carries on")
     after = pair.marker(aim, "v-dr-pit", "after")
     assert after["state"] == "applied"
-    assert pair.dst.api.read_snapshot("v-dr-pit", "after", 0, 17) == b"stream carries on"
+    assert after["point"].startswith("after.")
+    assert pair.dst.api.read_snapshot("v-dr-pit", after["point"], 0, 17) == b"stream carries on"
     listed = pair.src.api.replication.markers(aim)
     assert [x["id"] for x in listed] == sorted((x["id"] for x in listed), reverse=True)
     assert [x["state"] for x in listed][:2] == ["applied", "failed"]
@@ -172,9 +173,11 @@ def test_group_marker_is_one_write_order_point(pair):
         done = pair.src.api.replication.wait(gm["id"], 60)
         assert done["state"] == "applied", done
         assert {m["aim_set"] for m in done["members"]} == {a, b}
+        point = done["point"]
+        assert point.startswith(f"g{k}.") and {m["point"] for m in done["members"]} == {point}
         for off in (0, 4096):
-            va = int.from_bytes(pair.dst.api.read_snapshot("a-dr-pit", f"g{k}", off, 8), "little")
-            vb = int.from_bytes(pair.dst.api.read_snapshot("b-dr-pit", f"g{k}", off, 8), "little")
+            va = int.from_bytes(pair.dst.api.read_snapshot("a-dr-pit", point, off, 8), "little")
+            vb = int.from_bytes(pair.dst.api.read_snapshot("b-dr-pit", point, off, 8), "little")
             assert va - vb in (0, 1), (k, off, va, vb)
     res = aimsnap("--node", pair.src.proc.api, "--token-file", pair.src.proc.token_file, "marker", "show",
                   markers[0]["id"], "--json")
@@ -202,7 +205,7 @@ def test_snapshot_at_the_source_ships_exactly_the_incremented_blocks(pair):
         assert m["state"] == "applied"
         sent = pair.src.api.replication.info(aim)["bytes_sent"] - before
         assert 10 * bs <= sent <= 10 * bs * 1.02 + 4096, sent  # framing and the marker on top
-        assert read_point(pair.dst.api, "prod-ci-dr-pit", f"i{interval}", size) == \
+        assert read_point(pair.dst.api, "prod-ci-dr-pit", m["point"], size) == \
             read_point(pair.src.api, "prod-ci", None, size)
 
 
@@ -244,7 +247,7 @@ def _self_signed(tmp_path, name: str) -> tuple[str, str]:
 
 @pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="needs openssl to make a test certificate")
 def test_tls_on_the_aim_port(tmp_path):
-    from ..nodeproc import start_node
+    from orchestrator.localnode import start_node
     from orchestrator.node_client import RemoteNode
     cert, key = _self_signed(tmp_path, "dst")
     other, _ = _self_signed(tmp_path, "other")
@@ -270,6 +273,6 @@ def test_tls_on_the_aim_port(tmp_path):
             __import__("time").sleep(0.05)
         s.write("v", 10, b"over TLS")
         m = s.replication.wait(s.replication.issue_marker("v-aim", "v-dr-pit", "t")["id"], 30)
-        assert m["state"] == "applied" and d.read_snapshot("v-dr-pit", "t", 10, 8) == b"over TLS"
+        assert m["state"] == "applied" and d.read_snapshot("v-dr-pit", m["point"], 10, 8) == b"over TLS"
     finally:
         assert src.stop() == 0 and dst.stop() == 0

@@ -77,7 +77,7 @@ class Campaign:
             if m["state"] == "failed" and allow_failed and any(a in m["error"] for a in allow_failed):
                 continue
             assert m["state"] == "applied", m
-            assert read_point(self.pair.dst.api, "v-dr-pit", label, SLOTS * SLOT) == content, f"point {label}"
+            assert read_point(self.pair.dst.api, "v-dr-pit", m["point"], SLOTS * SLOT) == content, f"point {label}"
             applied.append(m)
         times = [m["applied_at"] for m in sorted(applied, key=lambda m: m["id"])]
         assert times == sorted(times), "markers were applied out of order"

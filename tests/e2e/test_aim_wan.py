@@ -12,7 +12,7 @@ import pytest
 from orchestrator.node_client import RemoteNode
 
 from ..aimpair import read_all, read_point
-from ..nodeproc import start_node
+from orchestrator.localnode import start_node
 
 NS = f"aimsnap-wan-{os.getpid()}"
 HOST_IF, NS_IF = f"aw{os.getpid() % 100000}a", f"aw{os.getpid() % 100000}b"
@@ -90,7 +90,7 @@ def test_replication_over_a_wan_link_that_is_cut_and_restored(wan, tmp_path):
         for marker_id, (label, content) in expected.items():
             m = s.replication.wait(marker_id, 120)
             assert m["state"] == "applied", m
-            assert read_point(d, "v-dr-pit", label, size) == content
+            assert read_point(d, "v-dr-pit", m["point"], size) == content, label
         assert read_all(d, "v-dr", size) == read_all(s, "v", size)
         assert len(expected) >= 4
     finally:

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, settings
 from engine.api import openapi
 
 from ..conftest import FULL
-from ..nodeproc import start_node
+from orchestrator.localnode import start_node
 
 schema = schemathesis.openapi.from_dict(openapi())
 

@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 
 from ..cli import aimsnap
-from ..nbdclient import NbdClient
-from ..nodeproc import start_node
+from engine.nbdclient import NbdClient
+from orchestrator.localnode import start_node
 
 pytestmark = pytest.mark.skipif(not shutil.which("nbdcopy") or not shutil.which("qemu-img"),
                                 reason="needs libnbd-bin and qemu-utils (installed by .ci/run)")

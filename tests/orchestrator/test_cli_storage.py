@@ -101,8 +101,3 @@ def test_root_from_environment_and_missing_root(tmp_path):
     assert aimsnap("volume", "create", "v", "--size", "1MiB", env={"AIMSNAP_ROOT": str(tmp_path / "r")}).code == 0
     assert aimsnap("--root", str(tmp_path / "r"), "volume", "list", "--json").json()[0]["name"] == "v"
 
-
-def test_demo_verifies(tmp_path):
-    res = aimsnap("demo", "--intervals", "3", "--writes", "100", "--size", "8MiB")
-    assert res.code == 0, res.err
-    assert "demo OK" in res.text and "FAIL" not in res.text and res.text.count("PASS") == 9

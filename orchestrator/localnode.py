@@ -1,4 +1,5 @@
-"""Start real ``aimsnap node serve`` processes on free loopback ports."""
+"""Start ``aimsnap node serve`` as a child process on free loopback ports: the demo's two sites, and
+the tests' and benchmarks' real nodes."""
 
 import json
 import os
@@ -41,7 +42,7 @@ class NodeProc:
 
 
 def start_node(root: str, *, token_file: str | None = None, timeout: float = 20, ports: dict | None = None,
-               extra: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> NodeProc:
+               extra: tuple[str, ...] = (), prefix: tuple[str, ...] = (), new_session: bool = False) -> NodeProc:
     os.makedirs(root, exist_ok=True)
     info_path = os.path.join(root, "node.json")
     if os.path.exists(info_path):
@@ -55,8 +56,7 @@ def start_node(root: str, *, token_file: str | None = None, timeout: float = 20,
     args += list(extra)
     log_path = f"{root}.log"
     log = open(log_path, "ab")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session)
     deadline = time.monotonic() + timeout
     while not os.path.exists(info_path):
         if proc.poll() is not None or time.monotonic() > deadline:
