@@ -6,6 +6,7 @@ the DST rules live: a wall time that does not exist (spring forward) fires once,
 gap; an ambiguous one (fall back) fires once, at its first occurrence.
 """
 
+import functools
 import math
 from collections.abc import Iterator
 from datetime import datetime, time, timedelta, timezone
@@ -38,8 +39,12 @@ def _gap_end(local: datetime, tz: ZoneInfo) -> datetime:
     for _ in range(6 * 60):
         probe += timedelta(minutes=1)
         wall = probe.astimezone(tz).replace(tzinfo=None)
-        if wall > local:
-            return probe.replace(second=0, microsecond=0) if probe.second == 0 else probe
+        if wall > local:  # the clocks jumped over ``local`` within the last minute: find the second
+            lo, hi = probe - timedelta(minutes=1), probe
+            while (hi - lo) > timedelta(seconds=1):
+                mid = lo + timedelta(seconds=(hi - lo).total_seconds() // 2)
+                lo, hi = (mid, hi) if mid.astimezone(tz).utcoffset() == lo.astimezone(tz).utcoffset() else (lo, mid)
+            return hi
     return local.replace(tzinfo=tz).astimezone(timezone.utc)
 
 
@@ -124,6 +129,12 @@ class EveryTrigger(PolicyTrigger):
         raise TypeError("policy triggers are not pickled: the policy files are the source of truth")
 
 
+@functools.lru_cache(maxsize=4096)
+def _expand(expr: str, hash_name: str) -> list:
+    """croniter's expansion, shared by the policies whose expressions do not hash (no ``H``)."""
+    return croniter.expand(expr, hash_id=hash_name.encode() or b"-")[0][:5]
+
+
 class CronTrigger(PolicyTrigger):
     """croniter expands the expression (``H`` hashed on the policy name); walking the expanded
     fields day by day is much faster than asking croniter for each time, which ``plan`` over
@@ -131,7 +142,7 @@ class CronTrigger(PolicyTrigger):
 
     def __init__(self, policy: Policy) -> None:
         super().__init__(policy)
-        fields = croniter.expand(policy.cron, hash_id=policy.name.encode())[0][:5]
+        fields = _expand(policy.cron, policy.name if "h" in policy.cron.lower() else "")
         self.fields = None if any(v != "*" and not isinstance(v, int) for f in fields for v in f) else fields
 
     def candidates(self, after_local: datetime) -> Iterator[datetime]:
