@@ -206,7 +206,7 @@ def prune(files: tuple[str, ...], dry_run: bool, db: str, as_json: bool) -> int:
     """Apply every policy's `retain` to its destination points in time (never the newest, never
     below `min`)."""
     from .actions import ActionContext
-    from .actions.source_snapshot import prune_destination
+    from .actions.retention import destination, prune_destination
     from .apply import Nodes
     from policies.validate import load_policies
     bundle = load_policies(list(files))
@@ -214,11 +214,12 @@ def prune(files: tuple[str, ...], dry_run: bool, db: str, as_json: bool) -> int:
     rows = []
     try:
         for p in bundle.policies:
-            if p.retain is None or p.kind == "group":
+            if p.retain is None:
                 continue
             ctx = ActionContext(p, bundle, nodes, Store(db), 0, lambda: datetime.now(timezone.utc))
+            snapshots = ",".join(destination(ctx)[1])
             for point in prune_destination(ctx, dry_run=dry_run):
-                rows.append({"policy": p.name, "snapshot": p.destination_snapshot, "point": point,
+                rows.append({"policy": p.name, "snapshot": snapshots, "point": point,
                              "action": "would delete" if dry_run else "deleted"})
     finally:
         nodes.close()

@@ -8,11 +8,14 @@ is persisted: the files are the source of truth, the SQLite store keeps the hist
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 from apscheduler.executors.base import BaseExecutor
+from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import BaseScheduler
 
@@ -22,11 +25,12 @@ from policies.validate import load_policies
 
 from .apply import Nodes
 from .compile import JobSpec, compile_jobs
-from .runner import Runner
+from .runner import Admission, Runner
 from .store import Store, iso
 
 log = logging.getLogger("aimsnap.scheduler")
 MAX_CATCH_UP_SCAN = 100000
+LINGER = 0.002  # seconds without a new due job that end a wave
 
 
 def utcnow() -> datetime:
@@ -34,39 +38,96 @@ def utcnow() -> datetime:
 
 
 class PolicyExecutor(BaseExecutor):
-    """Runs ``handler(job_id, run_times)`` (every fire time that fell due, oldest first) on a thread pool; ``inline`` queues the calls for
-    :meth:`run_pending` instead (tests drive the clock and the scheduler step by step)."""
+    """APScheduler's executor for policy jobs. Each due job is admitted in the scheduler's own thread
+    (a decision and a prepared row: microseconds, so a thousand jobs due at once are all decided at
+    their fire time); a dispatcher writes the admissions that piled up meanwhile in one transaction,
+    with the jobs' next fire times, and hands the runs to a thread pool. ``inline`` does the same
+    step by step in :meth:`run_pending` (tests drive the clock and the scheduler)."""
 
-    def __init__(self, handler: Callable[[str, list[datetime]], None], inline: bool = False,
-                 max_workers: int = 32) -> None:
+    def __init__(self, runner: Runner, inline: bool = False, max_workers: int = 32) -> None:
         super().__init__()
-        self.handler, self.inline, self.max_workers = handler, inline, max_workers
-        self.pending: list[Callable[[], None]] = []
+        self.runner, self.inline, self.max_workers = runner, inline, max_workers
+        self.due: list[tuple[Job, Admission]] = []
+        self.wake = threading.Condition()
+        self.closing = False
         self.pool: ThreadPoolExecutor | None = None
+        self.dispatcher: threading.Thread | None = None
 
     def start(self, scheduler, alias):
         super().start(scheduler, alias)
         if not self.inline:
             self.pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="policy")
+            self.dispatcher = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
+            self.dispatcher.start()
 
     def shutdown(self, wait=True):
+        with self.wake:
+            self.closing = True
+            self.wake.notify()
+        if self.dispatcher is not None:
+            self.dispatcher.join()
         if self.pool is not None:
             self.pool.shutdown(wait=wait)
 
     def _do_submit_job(self, job, run_times):
-        def call() -> None:
-            try:
-                self.handler(job.id, run_times)
-            finally:
-                self._run_job_success(job.id, [])
-        if self.inline:
-            self.pending.append(call)
-        else:
-            self.pool.submit(call)
+        adm = self.runner.admit(job.id, run_times[-1], overdue=tuple(run_times[:-1]))
+        if adm is None:  # the policy went away in a reload
+            self._run_job_success(job.id, [])
+            return
+        with self.wake:
+            self.due.append((job, adm))
+            if len(self.due) == 1:  # only the first of a wave wakes the dispatcher: no ping-pong
+                self.wake.notify()
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self.wake:
+                while not self.due and not self.closing:
+                    self.wake.wait()
+            # linger while the scheduler is still submitting this wave: the whole wave is admitted
+            # at its fire time before any of its runs competes with the scheduler for the GIL
+            seen = -1
+            while len(self.due) != seen and not self.closing:
+                seen = len(self.due)
+                time.sleep(LINGER)
+            with self.wake:
+                batch, self.due = self.due, []
+            if batch:
+                self._dispatch(batch)
+            elif self.closing:
+                return
+
+    def _dispatch(self, batch: list[tuple[Job, Admission]]) -> None:
+        # by now the scheduler has moved each job on to its next fire time
+        schedule = [(job.id, job.next_run_time and iso(job.next_run_time)) for job, _ in batch]
+        runs = [(job.id, adm) for job, adm in batch]
+        try:
+            self.runner.write([adm for _, adm in runs], schedule)
+        except Exception:  # noqa: BLE001 - the store failed: nothing may run unrecorded
+            log.exception("could not record %d run(s); they do not run", len(runs))
+            for job_id, adm in runs:
+                if adm.runs:
+                    adm.lock.release()  # type: ignore[union-attr]
+                self._run_job_success(job_id, [])
+            return
+        for job_id, adm in runs:
+            if not adm.runs:
+                self._run_job_success(job_id, [])
+            elif self.inline:
+                self._execute(job_id, adm)
+            else:
+                self.pool.submit(self._execute, job_id, adm)  # type: ignore[union-attr]
+
+    def _execute(self, job_id: str, adm: Admission) -> None:
+        try:
+            self.runner.execute(adm)
+        finally:
+            self._run_job_success(job_id, [])
 
     def run_pending(self) -> None:
-        while self.pending:
-            self.pending.pop(0)()
+        while self.due:
+            batch, self.due = self.due, []
+            self._dispatch(batch)
 
 
 class SteppedScheduler(BaseScheduler):
@@ -93,7 +154,7 @@ class Orchestrator:
         self._nodes = self._nodes_factory(self.bundle)
         kw = {"sleep": sleep} if sleep else {}
         self.runner = Runner(self.store, lambda: self.bundle, lambda name: self._nodes(name), clock, **kw)
-        self.executor = PolicyExecutor(self._fire, inline=inline)
+        self.executor = PolicyExecutor(self.runner, inline=inline)
         cls = SteppedScheduler if inline else BackgroundScheduler
         self.scheduler = cls(timezone=timezone.utc, executors={"default": self.executor},
                              job_defaults={"coalesce": False, "max_instances": 1000, "misfire_grace_time": None})
@@ -171,14 +232,6 @@ class Orchestrator:
             rows.append({"policy": spec.name, "kind": spec.action, "trigger": str(spec.trigger),
                          "next_fire": nxt and iso(nxt)})
         self.store.set_schedule(rows, self.clock())
-
-    def _fire(self, job_id: str, run_times: list[datetime]) -> None:
-        """APScheduler hands over every fire time that fell due (coalescing is ours: the runner
-        records the older ones as missed and judges the newest against the grace)."""
-        self.runner.fire(job_id, run_times[-1], overdue=tuple(run_times[:-1]))
-        job = self.scheduler.get_job(job_id)
-        if job is not None:  # one row: rewriting the whole schedule per run costs O(jobs)
-            self.store.update_schedule(job_id, job.next_run_time and iso(job.next_run_time), self.clock())
 
     def catch_up(self, now: datetime) -> None:
         """Fires that fell due while no orchestrator ran (downtime), judged from the store."""

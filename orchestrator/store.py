@@ -5,10 +5,12 @@ connection per thread; versioned migrations (``PRAGMA user_version``). Times are
 strings, so they sort and compare as text.
 """
 
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import sqlite_utils
@@ -45,6 +47,27 @@ MIGRATIONS = [
 
 def iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class RunRow:
+    """One row of ``runs`` before it is written: a run starting, or one that never started."""
+
+    policy: str
+    kind: str
+    trigger: str
+    status: str
+    started_at: datetime
+    scheduled_for: datetime | None = None
+    attempt: int = 1
+    error: str | None = None
+    details: dict | None = None
+
+    def values(self) -> tuple:
+        finished = None if self.status == "running" else iso(self.started_at)
+        return (self.policy, self.kind, self.trigger, self.scheduled_for and iso(self.scheduled_for),
+                iso(self.started_at), finished, self.status, self.attempt, self.error,
+                json.dumps(self.details or {}, default=str))
 
 
 class Store:
@@ -88,12 +111,34 @@ class Store:
             cur = self.db.execute(sql, list(args))
             return cur.lastrowid
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Serialised writes in one commit (a batch of runs costs one fsync, not one each)."""
+        with self.write_lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
     # -- runs ------------------------------------------------------------------------------------------
     def start_run(self, policy: str, kind: str, trigger: str, now: datetime, scheduled_for: datetime | None = None,
                   attempt: int = 1) -> int:
-        return self._write("INSERT INTO runs (policy, kind, trigger, scheduled_for, started_at, status, attempt) "
-                           "VALUES (?,?,?,?,?,?,?)", (policy, kind, trigger, scheduled_for and iso(scheduled_for),
-                                                     iso(now), "running", attempt))
+        return self.insert_runs([RunRow(policy, kind, trigger, "running", now, scheduled_for, attempt)])[0]
+
+    def insert_runs(self, rows: list[RunRow], schedule: Iterable[tuple[str, str | None]] = (),
+                    now: datetime | None = None) -> list[int]:
+        """Write ``rows`` (and the policies' next fire times) in one transaction; their ids."""
+        with self.transaction() as conn:
+            ids = [conn.execute("INSERT INTO runs (policy, kind, trigger, scheduled_for, started_at, finished_at, "
+                                "status, attempt, error, details) VALUES (?,?,?,?,?,?,?,?,?,?)", r.values()).lastrowid
+                   for r in rows]
+            conn.executemany("UPDATE schedule SET next_fire=?, updated_at=? WHERE policy=?",
+                             [(nxt, now and iso(now), policy) for policy, nxt in schedule])
+        return ids
 
     def finish_run(self, run_id: int, status: str, now: datetime, error: str | None = None,
                    details: dict | None = None) -> None:
@@ -104,9 +149,8 @@ class Store:
     def record_run(self, policy: str, kind: str, trigger: str, status: str, now: datetime,
                    scheduled_for: datetime | None = None, error: str | None = None, details: dict | None = None) -> int:
         """A run that never started (skipped, missed): one row, already finished."""
-        run_id = self.start_run(policy, kind, trigger, now, scheduled_for)
-        self.finish_run(run_id, status, now, error, details)
-        return run_id
+        return self.insert_runs([RunRow(policy, kind, trigger, status, now, scheduled_for, 1, error,
+                                        details or {})])[0]
 
     def interrupt_running(self, now: datetime) -> int:
         """Runs left `running` by an orchestrator that was killed: mark them `interrupted`."""
@@ -176,9 +220,6 @@ class Store:
                 self.db.execute("INSERT INTO schedule VALUES (?,?,?,?,?)",
                                 [r["policy"], r["kind"], r["trigger"], r["next_fire"], iso(now)])
             self.db.execute("COMMIT")
-
-    def update_schedule(self, policy: str, next_fire: str | None, now: datetime) -> None:
-        self._write("UPDATE schedule SET next_fire=?, updated_at=? WHERE policy=?", (next_fire, iso(now), policy))
 
     def schedule(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM schedule ORDER BY policy"))

@@ -69,14 +69,21 @@ class PolicyTrigger(BaseTrigger):
         d = local.date()
         return not any(a <= d <= b for a, b in p.blackout)
 
+    def _start(self, floor: datetime) -> datetime:
+        """Where candidates start: the local time of ``floor``, or an hour earlier when the clocks
+        changed within that hour (a wall time in the gap maps forward, past the floor)."""
+        back = floor - LOOKBACK
+        if back.astimezone(self.tz).utcoffset() != floor.astimezone(self.tz).utcoffset():
+            return back.astimezone(self.tz).replace(tzinfo=None)
+        return floor.astimezone(self.tz).replace(tzinfo=None)
+
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         """The first fire time after ``previous_fire_time`` (or at or after ``now`` if none)."""
         if previous_fire_time is not None:
             floor, strict = previous_fire_time.astimezone(timezone.utc), True
         else:
             floor, strict = now.astimezone(timezone.utc), False
-        start = (floor - LOOKBACK).astimezone(self.tz).replace(tzinfo=None)
-        for n, local in enumerate(self.candidates(start)):
+        for n, local in enumerate(self.candidates(self._start(floor))):
             if n > 200000:
                 return None  # a window and blackouts that exclude every time (checked at validation too)
             if not self.allowed(local):
@@ -92,7 +99,7 @@ class PolicyTrigger(BaseTrigger):
         floor = start.astimezone(timezone.utc)
         out: list[datetime] = []
         last = None
-        for n, local in enumerate(self.candidates((floor - LOOKBACK).astimezone(self.tz).replace(tzinfo=None))):
+        for n, local in enumerate(self.candidates(self._start(floor))):
             if len(out) >= count or n > 200000 + count:
                 break
             if not self.allowed(local):

@@ -10,7 +10,7 @@ and composing with marks costs twice the load.
 """
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import yaml
 

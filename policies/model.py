@@ -68,6 +68,12 @@ class Policy:
     retain: Retain | None = None
     enabled: bool = True
 
+    @property
+    def label(self) -> str:
+        """What its markers carry: the destination names each point LABEL.TIMESTAMP, which is how
+        retention knows the points this policy made (and touches no other)."""
+        return self.marker_label or self.name
+
 
 @dataclass
 class Bundle:

@@ -39,4 +39,7 @@ def run_action(ctx: ActionContext) -> dict:
     from . import auto_marker, group, source_snapshot
     actions = {"source-snapshot": source_snapshot.run, "auto-marker": auto_marker.run, "group": group.run}
     actions[ctx.policy.kind](ctx)
+    if ctx.policy.retain:  # after a point landed: every kind prunes the points it made
+        from .retention import prune_destination
+        ctx.details["pruned"] = prune_destination(ctx)
     return ctx.details

@@ -9,5 +9,5 @@ from .quiesce import quiesced
 def run(ctx: ActionContext) -> None:
     p = ctx.policy
     with quiesced(ctx):
-        marker = ctx.nodes(p.node).replication.issue_group_marker(p.group, p.destination_snapshot_set, p.marker_label)
+        marker = ctx.nodes(p.node).replication.issue_group_marker(p.group, p.destination_snapshot_set, p.label)
     settle(ctx, marker, p.marker_wait)

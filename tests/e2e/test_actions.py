@@ -91,7 +91,7 @@ def test_auto_marker_runs_post_even_when_pre_hangs(pair, site, tmp_path):
 def test_retention_prunes_destination_points_but_never_the_newest(pair, site):
     from dataclasses import replace
 
-    from orchestrator.actions.source_snapshot import prune_destination
+    from orchestrator.actions.retention import prune_destination
     from policies.model import Retain
     bundle, store, nodes = site
     policy = replace(next(p for p in bundle.policies if p.name == "db01-15m"), retain=Retain(last=2, min=2))
@@ -103,3 +103,33 @@ def test_retention_prunes_destination_points_but_never_the_newest(pair, site):
     assert pair.dst.api.read_snapshot("db01-dr-pit", points[-1], 0, 10) == bytes([5]) * 10
     ctx = ActionContext(policy, bundle, nodes, store, 0, lambda: datetime.now(timezone.utc))
     assert prune_destination(ctx, dry_run=True) == []  # idempotent
+
+
+def test_retention_touches_only_the_policys_own_points_and_prunes_a_set_as_one(pair, site):
+    """A group policy's retention deletes its old points from every member of the snapshot set; a
+    point made by hand, or by another policy on the same destination snapshot, is never touched."""
+    from dataclasses import replace
+
+    from orchestrator.actions.retention import prune_destination
+    from policies.model import Retain
+    bundle, store, nodes = site
+    pair.src.api.enable_snapshot("db01-ci")
+    group = replace(next(p for p in bundle.policies if p.name == "app"), retain=Retain(last=2, min=1))
+    single = replace(next(p for p in bundle.policies if p.name == "db01-15m"), retain=Retain(last=1, min=1))
+    by_hand = pair.src.api.replication.wait(
+        pair.src.api.replication.issue_marker("erp-to-dr", "erp-dr-pit", "before-upgrade")["id"], 60)
+    singles = [run_action(ActionContext(single, bundle, nodes, store, 0, lambda: datetime.now(timezone.utc)))
+               for _ in range(2)]
+    made = []
+    for i in range(4):
+        pair.src.api.write("erp", 0, bytes([i + 1]) * 4)
+        made.append(run_action(context(bundle, "app", store, nodes) if i == 0 else
+                               ActionContext(group, bundle, nodes, store, 0, lambda: datetime.now(timezone.utc))))
+    points = {s: {pt["name"] for pt in pair.dst.api.snapshot_info(s)["points"]} for s in ("erp-dr-pit", "db01-dr-pit")}
+    kept = {d["marker"]["point"] for d in made[-2:]}
+    assert all(p.startswith("app.") for p in kept)
+    assert points["erp-dr-pit"] == kept | {by_hand["point"]}  # the hand-made point stays
+    # db01-dr-pit holds the set's points and the single policy's newest (its older one was pruned by it)
+    assert points["db01-dr-pit"] == kept | {singles[-1]["marker"]["point"]}
+    assert pair.dst.api.read_snapshot("erp-dr-pit", made[-1]["marker"]["point"], 0, 4) == bytes([4]) * 4
+    assert prune_destination(ActionContext(group, bundle, nodes, store, 0, lambda: datetime.now(timezone.utc))) == []
