@@ -268,17 +268,21 @@ def main() -> None:
     ap.add_argument("--size", default="1GiB")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--fio-seconds", type=int, default=8)
+    ap.add_argument("--only", type=int, choices=range(1, 6), default=None, help="Run one part (1-5).")
     args = ap.parse_args()
     size = parse_size(args.size)
     work = tempfile.mkdtemp(prefix="aimsnap-bench-repl-", dir=os.environ.get("AIMSNAP_BENCH_DIR"))
     rows = []
     try:
         sites = Sites(work)
-        rows.append(throughput(sites, work, min(size, 512 * MiB), args.repeat))
-        rows.extend(traffic(sites, size))
-        rows.extend(rsync_vs_aim(sites, work, size, args.repeat))
-        rows.append(journal_cost(sites, size, args.repeat, args.fio_seconds))
-        rows.append(outage(sites, work, min(size, 512 * MiB)))
+        parts = {1: lambda: [throughput(sites, work, min(size, 512 * MiB), args.repeat)],
+                 2: lambda: traffic(sites, size),
+                 3: lambda: rsync_vs_aim(sites, work, size, args.repeat),
+                 4: lambda: [journal_cost(sites, size, args.repeat, args.fio_seconds)],
+                 5: lambda: [outage(sites, work, min(size, 512 * MiB))]}
+        for n, part in parts.items():
+            if args.only in (None, n):
+                rows.extend(part())
         rss = sites.stop()
         rows.append({"benchmark": "5. peak RSS over 1-5", "aimsnap": f"source {rss['source']:.0f} MiB, "
                      f"destination {rss['destination']:.0f} MiB", "baseline": "-",

@@ -144,3 +144,33 @@ def test_destination_down_then_back_prune_and_report(pair, tmp_path):
     assert aimsnap("report", "--db", db, "--html", str(out)).code == 0
     page = out.read_text()
     assert "<svg" in page and "db01-15m" in page and "worst RPO" in page and "<script" not in page
+
+
+def test_sigkill_mid_run_is_recorded_interrupted_and_the_next_run_succeeds(pair, tmp_path):
+    """The run is caught in its quiesce hook (a 2 s sleep) when the orchestrator is killed."""
+    path = fast_policies(pair, tmp_path)
+    text = open(path).read().replace("marker: {destination_snapshot: db01-dr-pit}",
+                                     "marker: {destination_snapshot: db01-dr-pit}\n"
+                                     "    quiesce: {pre: [/bin/sleep, '2']}")
+    open(path, "w").write(text)
+    assert aimsnap("apply", path).code == 0
+    pair.wait_state("db01-ci-to-dr", "replicating")
+    db = str(tmp_path / "o.db")
+    log = open(tmp_path / "run.log", "wb")
+    proc = start_run(path, db, log)
+    try:
+        running = wait_for(lambda: [r for r in hist(db, "--policy", "db01-15m") if r["status"] == "running"])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert hist(db, "--policy", "db01-15m", "--status", "running")  # what the killed process left
+        proc = start_run(path, db, log)
+        t1 = stamp()
+        wait_for(lambda: [r for r in hist(db, "--policy", "db01-15m", "--status", "ok") if r["started_at"] > t1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    killed = next(r for r in hist(db, "--policy", "db01-15m") if r["id"] == running[0]["id"])
+    assert killed["status"] == "interrupted" and "orchestrator stopped" in killed["error"]
+    from orchestrator.store import Store
+    events = [e["kind"] for e in Store(db).db.query("SELECT kind FROM events")]
+    assert "interrupted" in events
