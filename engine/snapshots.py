@@ -55,6 +55,9 @@ class CompleteImage:
         if self.pending is not None:
             self._copy_pending(intent.first, intent.last - intent.first + 1)
 
+    def after_write(self, intent: WriteIntent) -> None:
+        pass
+
     def flush(self) -> None:
         self.dirty.sync()
 
@@ -168,6 +171,9 @@ class Differential:
     def before_write(self, intent: WriteIntent) -> None:
         if self.points:
             _preserve(self.source, self.points[-1], intent.first, intent.last)
+
+    def after_write(self, intent: WriteIntent) -> None:
+        pass
 
     def flush(self) -> None:
         pass  # copies are made durable before the write they protect lands (see _preserve)

@@ -33,6 +33,9 @@ class WriteObserver(Protocol):
     def before_write(self, intent: WriteIntent) -> None:
         """Called under the volume lock before the data lands; may raise to refuse it."""
 
+    def after_write(self, intent: WriteIntent) -> None:
+        """Called under the volume lock once the data has landed (not if it failed)."""
+
     def flush(self) -> None:
         """Make whatever ``before_write`` recorded durable (called before the volume's flush)."""
 
@@ -134,6 +137,8 @@ class Volume:
             for observer in self.observers:
                 observer.before_write(intent)
             apply()
+            for observer in self.observers:
+                observer.after_write(intent)
         self.stats.writes += 1
         self.stats.bytes_written += intent.length
 
