@@ -105,15 +105,16 @@ class FrameReader:
         avail = len(self.buf) - self.start
         if avail < frames.HEADER_SIZE:
             return None
-        head = bytes(self.buf[self.start:self.start + frames.HEADER_SIZE])
-        try:
-            ftype, _seq, _off, _t, length, _crc = frames.parse_header(head)
-            end = self.start + frames.HEADER_SIZE + frames.payload_length(ftype, length)
-            if end > len(self.buf):
-                return None
-            frame = frames.decode(head, bytes(self.buf[self.start + frames.HEADER_SIZE:end]))
-        except frames.FrameError as e:
-            raise WireError(str(e)) from None
+        with memoryview(self.buf) as view:  # one copy per frame, and the buffer free to grow after
+            head = bytes(view[self.start:self.start + frames.HEADER_SIZE])
+            try:
+                parsed = frames.parse_header(head)
+                end = self.start + frames.HEADER_SIZE + frames.payload_length(parsed[0], parsed[4])
+                if end > len(self.buf):
+                    return None
+                frame = frames.decode(head, bytes(view[self.start + frames.HEADER_SIZE:end]), parsed)
+            except frames.FrameError as e:
+                raise WireError(str(e)) from None
         self.start = end
         return frame
 

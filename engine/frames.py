@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 MAGIC = 0x41494D46  # 'AIMF'
 HEADER = struct.Struct(">IBBHQQQII")
+_HEAD = struct.Struct(">IBBHQQQI")  # the header up to the checksum
+_CRC = struct.Struct(">I")
 HEADER_SIZE = HEADER.size  # 44
 MAX_PAYLOAD = 32 << 20
 
@@ -49,9 +51,8 @@ class Frame:
 
 def header(ftype: int, seq: int, offset: int, time_ns: int, payload: bytes | memoryview, length: int = -1) -> bytes:
     """The header of a frame whose payload is ``payload`` (sent or written right after it)."""
-    n = length if ftype == ZERO else len(payload)
-    head = HEADER.pack(MAGIC, ftype, 0, 0, seq, offset, time_ns, n, 0)[:-4]
-    return head + struct.pack(">I", zlib.crc32(payload, zlib.crc32(head)))
+    head = _HEAD.pack(MAGIC, ftype, 0, 0, seq, offset, time_ns, length if ftype == ZERO else len(payload))
+    return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
 
 
 def parse_header(raw: bytes) -> tuple[int, int, int, int, int, int]:
@@ -70,8 +71,9 @@ def payload_length(ftype: int, length: int) -> int:
     return 0 if ftype == ZERO else length
 
 
-def decode(raw_header: bytes, payload: bytes) -> Frame:
-    ftype, seq, offset, time_ns, length, crc = parse_header(raw_header)
+def decode(raw_header: bytes, payload: bytes, parsed: tuple | None = None) -> Frame:
+    """``parsed``: what :func:`parse_header` already returned for ``raw_header``."""
+    ftype, seq, offset, time_ns, length, crc = parsed or parse_header(raw_header)
     if zlib.crc32(payload, zlib.crc32(raw_header[:-4])) != crc:
         raise FrameError(f"checksum mismatch in {NAMES[ftype]} frame seq {seq}")
     return Frame(ftype, seq, offset, time_ns, payload, length if ftype == ZERO else -1)

@@ -7,6 +7,7 @@ durable). Segments whose every entry the destination acknowledged are deleted.
 
 import os
 from collections.abc import Iterator
+from typing import BinaryIO
 from dataclasses import dataclass
 
 from . import frames
@@ -183,11 +184,12 @@ class Cursor:
             self._file.close()
             self._file = None
 
-    def ranges(self, landed_seq: int, tail_first: int, tail_size: int) -> Iterator[tuple[int, int, int, bytes]]:
-        """(first seq, last seq, time_ns of the first, bytes) of what is journaled and landed: up to
-        ``landed_seq``, and in the tail segment (first sequence ``tail_first``) up to ``tail_size``
-        bytes, both read together under the volume lock. A long range comes in several pieces; only
-        the last carries its sequence numbers (the others have first = last = 0)."""
+    def ranges(self, landed_seq: int, tail_first: int, tail_size: int) -> Iterator[tuple[int, int, int, BinaryIO, int, int]]:
+        """(first seq, last seq, time_ns of the first, file, offset, count) of what is journaled and
+        landed: up to ``landed_seq``, and in the tail segment (first sequence ``tail_first``) up to
+        ``tail_size`` bytes, published together by the write path. The caller ships ``count`` bytes
+        of ``file`` from ``offset`` (``socket.sendfile``: no copy through Python). A long range comes
+        in several pieces; only the last carries its sequence numbers (the others have first = last = 0)."""
         for seg in list(self.journal.segments):
             if seg.last < self.seq or seg.first > landed_seq:
                 continue
@@ -199,15 +201,11 @@ class Cursor:
             if self._pos >= end:
                 continue
             f = self._file
-            f.seek(self._pos)
-            head = f.read(frames.HEADER_SIZE)
-            first_time = frames.parse_header(head)[3]
-            f.seek(self._pos)
+            first_time = frames.parse_header(os.pread(f.fileno(), frames.HEADER_SIZE, self._pos))[3]
             while self._pos < end:
-                piece = f.read(min(self.CHUNK, end - self._pos))
-                self._pos += len(piece)
-                done = self._pos >= end
-                yield (self.seq, last, first_time, piece) if done else (0, 0, 0, piece)
+                pos, count = self._pos, min(self.CHUNK, end - self._pos)
+                self._pos += count
+                yield (self.seq, last, first_time, f, pos, count) if self._pos >= end else (0, 0, 0, f, pos, count)
             self.seq = last + 1
 
     @staticmethod

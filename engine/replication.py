@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import ssl
 import threading
 import time
 import uuid
@@ -47,6 +48,15 @@ def parse_to(text: str) -> tuple[str, int, str]:
         raise InvalidInput(f"invalid --to {text!r}: write HOST:AIMPORT/DESTVOLUME, e.g. 10.0.0.2:7411/db01-dr")
     return m["host"].strip("[]"), int(m["port"]), m["volume"]
 
+
+
+def _ship(sock, f, pos: int, count: int) -> None:
+    """``count`` journal bytes from ``pos``: straight from the page cache to the socket
+    (``sendfile``), or through a buffer when TLS must encrypt them."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.sendall(os.pread(f.fileno(), count, pos))
+    elif sock.sendfile(f, pos, count) != count:
+        raise ConnectionError("the destination closed the stream")
 
 class AimSet:
     def __init__(self, repl: "Replication", row: dict, volume: Volume) -> None:
@@ -276,11 +286,11 @@ class AimSet:
         while not self.closing and not self.paused and generation == self.generation and reader.is_alive():
             sent, range_bytes, iteration_bytes = False, 0, 0
             landed, tail_first, tail_size = self.landed
-            for first, last, time_ns, piece in cursor.ranges(landed, tail_first, tail_size):
-                sock.sendall(piece)
-                self.bytes_sent += len(piece)
-                range_bytes += len(piece)
-                iteration_bytes += len(piece)
+            for first, last, time_ns, f, pos, count in cursor.ranges(landed, tail_first, tail_size):
+                _ship(sock, f, pos, count)
+                self.bytes_sent += count
+                range_bytes += count
+                iteration_bytes += count
                 sent = True
                 if last:
                     self.inflight.append((last, last - first + 1, range_bytes, time_ns))
