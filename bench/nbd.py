@@ -52,7 +52,7 @@ def main() -> None:
                 f.write(os.urandom(4 << 20))
         node = start_node(os.path.join(work, "node"))
         env = {**os.environ, **node.cli_env()}
-        aimsnap = [sys.executable, "-m", "orchestrator"]
+        aimsnap = [os.path.join(os.path.dirname(sys.executable), "aimsnap")]  # not -m: bench/policies.py would shadow
         subprocess.run([*aimsnap, "volume", "create", "v", "--size", str(size)], env=env, check=True,
                        capture_output=True)
         subprocess.run([*aimsnap, "snapshot", "create", "v-ci", "--source", "v", "--type", "complete-image"],

@@ -1,6 +1,8 @@
 """Run every benchmark and write bench/RESULTS.md (the README's table is taken from it).
 
     python bench/run_all.py [--only increment,...]
+
+With ``--only``, the sections of the other benchmarks are kept from the existing file.
 """
 
 import argparse
@@ -20,9 +22,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default=",".join(BENCHES))
     args = ap.parse_args()
-    sections = [f"# Benchmark results\n\n{datetime.date.today()} on {platform.node()} "
-                f"({os.cpu_count()} cores, Python {platform.python_version()}).\n"]
+    header = (f"# Benchmark results\n\nOn {platform.node()} ({os.cpu_count()} cores, Python "
+              f"{platform.python_version()}); each section says when it was measured.\n")
+    path = os.path.join(HERE, "RESULTS.md")
+    kept = _sections(path)
     for name in args.only.split(","):
+        sections = [f"## {name}\n\n{datetime.date.today()}: `python bench/{' '.join(BENCHES[name])}`\n"]
         cmd = [sys.executable, *BENCHES[name]]
         print(f"== {name}: {' '.join(cmd)}", flush=True)
         out = subprocess.run(cmd, cwd=HERE, capture_output=True, text=True)
@@ -30,15 +35,26 @@ def main() -> None:
         if out.returncode:
             sys.stderr.write(out.stderr)
             sys.exit(f"benchmark {name} failed")
-        sections.append(f"## {name}\n\n`python bench/{' '.join(BENCHES[name])}`\n")
         for line in out.stdout.splitlines():
             if line.startswith("RESULT "):
                 result = json.loads(line[7:])
                 sections.append(_markdown(result["bench"], result["rows"]))
             elif line.startswith(("targets", "warm targets", "cold targets")):
                 sections.append(f"- {line}\n")
-    with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
-        f.write("\n".join(sections))
+        kept[name] = "\n".join(sections)
+        with open(path, "w") as f:  # after each benchmark: a later failure keeps what was measured
+            f.write("\n".join([header, *(kept[n] for n in BENCHES if n in kept)]))
+
+
+def _sections(path: str) -> dict[str, str]:
+    """The ``## name`` sections of an existing results file."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return {}
+    parts = text.split("\n## ")[1:]
+    return {p.split("\n", 1)[0].strip(): "## " + p.rstrip("\n") + "\n" for p in parts}
 
 
 def _markdown(title: str, rows: list[dict]) -> str:

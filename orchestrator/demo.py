@@ -34,12 +34,14 @@ from policies.model import Bundle
 from policies.validate import load_policies
 
 from .apply import reconcile
-from .demo_workload import CONTROL_ENV, Workload, request
+from .demo_workload import CONTROL_ENV, ControlServer, Workload, request
 from .localnode import NodeProc, start_node
 from .node_client import RemoteNode
 from .store import Store, iso
 
 EXAMPLE = Path(policies.__file__).parent / "examples" / "demo.yaml"
+# names from demo.yaml: the source-snapshot policy, and the volume mirrored both ways for the traffic
+SNAPSHOT_POLICY, TRAFFIC_VOLUME, DIRECT_SET, SNAPSHOT_SOURCE_SET = "db01-snapshot", "db01", "db01-direct", "db01-ci-to-dr"
 
 
 def _mib(n: int) -> str:
@@ -67,7 +69,7 @@ class Demo:
         self.clients: dict[str, RemoteNode] = {}
         self.orchestrator: subprocess.Popen | None = None
         self.workload: Workload | None = None
-        self.control = None
+        self.control: ControlServer | None = None
         self.policy_file = os.path.join(work, "demo.yaml")
         self.db = os.path.join(work, "aimsnap.db")
         self.html = os.path.join(results, "report.html")
@@ -101,7 +103,6 @@ class Demo:
         return actions
 
     def start_workload(self, bundle: Bundle, rate: float, seed: int) -> None:
-        from .demo_workload import ControlServer
         sizes = {r.name: parse_size(r.spec["size"]) for r in bundle.resources.values()
                  if r.kind == "volume" and r.node == "prod"}
         self.workload = Workload(self.sites["prod"].nbd, sizes, rate, seed)
@@ -247,20 +248,21 @@ def _runs_table(store: Store, bundle: Bundle) -> Table:
 
 
 def _traffic_table(demo: Demo, sent: dict[str, int]) -> Table:
-    db01 = demo.workload.volumes["db01"]  # type: ignore[union-attr]
+    db01 = demo.workload.volumes[TRAFFIC_VOLUME]  # type: ignore[union-attr]
     unique = sum(db01.unique)
-    t = Table(title="db01: what crossed the wire (the same writes, two ways)")
+    direct, snap = sent[DIRECT_SET], sent[SNAPSHOT_SOURCE_SET]
+    t = Table(title=f"{TRAFFIC_VOLUME}: what crossed the wire (the same writes, two ways)")
     t.add_column("")
     t.add_column("bytes", justify="right")
     t.add_column("vs unique changed", justify="right")
     rows = [("written by the workload (through NBD)", db01.bytes_written),
             ("unique changed between increments", unique),
-            ("sent, direct mirroring (db01-direct)", sent["db01-direct"]),
-            ("sent, snapshot-source (db01-ci-to-dr)", sent["db01-ci-to-dr"])]
+            (f"sent, direct mirroring ({DIRECT_SET})", direct),
+            (f"sent, snapshot-source ({SNAPSHOT_SOURCE_SET})", snap)]
     for what, n in rows:
         t.add_row(what, _mib(n), f"{n / unique:.2f}x" if unique else "-")
-    if sent["db01-direct"]:
-        t.caption = (f"snapshot-source mode sent {100 * (1 - sent['db01-ci-to-dr'] / sent['db01-direct']):.0f} % "
+    if direct:
+        t.caption = (f"snapshot-source mode sent {100 * (1 - snap / direct):.0f} % "
                      "less than direct mirroring: a block rewritten many times in an interval crosses once")
     return t
 
@@ -324,26 +326,13 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
         while (elapsed := time.monotonic() - t0) < seconds:
             if d.orchestrator.poll() is not None:  # type: ignore[union-attr]
                 raise click.ClickException(f"aimsnap run exited early; see {d.work}/run.log")
-            c = d.workload.counts()  # type: ignore[union-attr]
-            runs = {r["status"]: r["n"] for r in store.db.query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")} \
-                if store.db["runs"].exists() else {}
-            applied = store.db.execute("SELECT COUNT(*) FROM markers WHERE status='applied'").fetchone()[0] \
-                if store.db["markers"].exists() else 0
-            progress.update(task, completed=elapsed, info=(
-                f"{c['writes']:,} writes, {_mib(c['bytes'])} | runs ok {runs.get('ok', 0)}, "
-                f"failed {sum(n for s, n in runs.items() if s not in ('ok', 'running'))} | markers applied {applied}"))
+            progress.update(task, completed=elapsed, info=_progress_line(d.workload, store))  # type: ignore[arg-type]
             time.sleep(0.25)
         progress.update(task, completed=seconds)
         d.workload.stop()  # type: ignore[union-attr]
         # one more increment after the last write, so both modes have shipped the same writes
-        stopped = time.time()
         final = progress.add_task("last source-snapshot run after the workload stopped", total=None, info="")
-        deadline = time.monotonic() + 60
-        while not list(store.db.query("SELECT id FROM runs WHERE policy='db01-snapshot' AND status!='running' "
-                                      "AND started_at > ?", [iso(datetime.fromtimestamp(stopped, timezone.utc))])):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        _wait_for_run(store, SNAPSHOT_POLICY, after=datetime.now(timezone.utc))
         progress.remove_task(final)
         rc = d.stop_orchestrator()
         _wait_caught_up(d)
@@ -361,7 +350,7 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
     db = os.path.relpath(os.path.join(d.results, "aimsnap.db"))
     console.print(f"outcomes (SQLite): {db}\nreport (HTML):     {os.path.relpath(d.html)}\n"
                   f"look at them:      aimsnap status --db {db}\n"
-                  f"                   aimsnap history --db {db} --policy db01-snapshot --json")
+                  f"                   aimsnap history --db {db} --policy {SNAPSHOT_POLICY} --json")
     if rc != 0:
         console.print(f"[red]aimsnap run exited {rc}[/]")
     if unverified:
@@ -371,6 +360,26 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
         return 1
     console.print(f"[green]demo OK: {len(checks)} destination points in time, each equal to its source at its marker[/]")
     return 0
+
+
+def _progress_line(workload: Workload, store: Store) -> str:
+    c = workload.counts()
+    runs = {r["status"]: r["n"] for r in store.db.query("SELECT status, COUNT(*) AS n FROM runs GROUP BY status")}
+    applied = store.db.execute("SELECT COUNT(*) FROM markers WHERE status='applied'").fetchone()[0]
+    failed = sum(n for s, n in runs.items() if s not in ("ok", "running"))
+    return (f"{c['writes']:,} writes, {_mib(c['bytes'])} | runs ok {runs.get('ok', 0)}, failed {failed} | "
+            f"markers applied {applied}")
+
+
+def _wait_for_run(store: Store, policy: str, after: datetime, timeout: float = 60) -> bool:
+    """Whether a run of ``policy`` that started after ``after`` finished within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list(store.db.query("SELECT id FROM runs WHERE policy=? AND status!='running' AND started_at > ?",
+                               [policy, iso(after)])):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _wait_caught_up(d: Demo, timeout: float = 60) -> None:

@@ -43,6 +43,7 @@ class NodeProc:
 
 def start_node(root: str, *, token_file: str | None = None, timeout: float = 20, ports: dict | None = None,
                extra: tuple[str, ...] = (), prefix: tuple[str, ...] = (), new_session: bool = False) -> NodeProc:
+    root = os.path.abspath(root)
     os.makedirs(root, exist_ok=True)
     info_path = os.path.join(root, "node.json")
     if os.path.exists(info_path):
@@ -52,11 +53,12 @@ def start_node(root: str, *, token_file: str | None = None, timeout: float = 20,
             "--api", ports.get("api", "127.0.0.1:0"), "--nbd", ports.get("nbd", "127.0.0.1:0"),
             "--aim", ports.get("aim", "127.0.0.1:0")]
     if token_file:
-        args += ["--token-file", token_file]
+        args += ["--token-file", os.path.abspath(token_file)]
     args += list(extra)
     log_path = f"{root}.log"
     log = open(log_path, "ab")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session)
+    # cwd: the root, so that no module beside the caller (bench/policies.py) shadows a package
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session, cwd=root)
     deadline = time.monotonic() + timeout
     while not os.path.exists(info_path):
         if proc.poll() is not None or time.monotonic() > deadline:

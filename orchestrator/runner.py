@@ -51,10 +51,12 @@ class Runner:
         self.stopping = threading.Event()  # set at shutdown: jitter and backoff waits end, no more retries
         self.sleep = sleep or self.stopping.wait
         self.locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._index: dict[str, Policy] = {}
+        self._indexed: Bundle | None = None  # the bundle _index was built from (a reload brings a new one)
 
     def policy(self, name: str) -> Policy | None:
         bundle = self.bundle()
-        if getattr(self, "_indexed", None) is not bundle:  # a reload brings a new bundle
+        if self._indexed is not bundle:
             self._index, self._indexed = {p.name: p for p in bundle.policies}, bundle
         return self._index.get(name)
 

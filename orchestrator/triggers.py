@@ -54,6 +54,7 @@ class PolicyTrigger(BaseTrigger):
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.tz = ZoneInfo(policy.timezone)
+        self._last: tuple[datetime | None, datetime | None] = (None, None)
 
     def candidates(self, after_local: datetime) -> Iterator[datetime]:
         raise NotImplementedError
@@ -79,10 +80,17 @@ class PolicyTrigger(BaseTrigger):
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         """The first fire time after ``previous_fire_time`` (or at or after ``now`` if none)."""
-        if previous_fire_time is not None:
-            floor, strict = previous_fire_time.astimezone(timezone.utc), True
-        else:
-            floor, strict = now.astimezone(timezone.utc), False
+        if previous_fire_time is None:
+            return self._next(now.astimezone(timezone.utc), strict=False)
+        # APScheduler asks twice per fire with the same previous time (to find the due runs, then
+        # to move the job on): the answer depends on that time alone, so the last one is kept
+        asked, answer = self._last  # one attribute: a reader in another thread sees a matching pair
+        if asked != previous_fire_time:
+            answer = self._next(previous_fire_time.astimezone(timezone.utc), strict=True)
+            self._last = (previous_fire_time, answer)
+        return answer
+
+    def _next(self, floor: datetime, strict: bool) -> datetime | None:
         for n, local in enumerate(self.candidates(self._start(floor))):
             if n > 200000:
                 return None  # a window and blackouts that exclude every time (checked at validation too)

@@ -98,17 +98,23 @@ def test_run_status_history_and_recovery_points(pair, tmp_path):
     assert {r["status"] for r in rows} <= {"ok", "interrupted", "skipped", "missed"}
 
 
-def test_destination_down_then_back_prune_and_report(pair, tmp_path):
+def running_site(pair, tmp_path, db01_marker: str, db01_extra: str):
+    """The fast policies with db01-15m's marker (and more options) replaced, applied, and an
+    orchestrator running them: (policy file, store, log, process)."""
     path = fast_policies(pair, tmp_path)
     text = open(path).read().replace("marker: {destination_snapshot: db01-dr-pit}",
-                                     "marker: {destination_snapshot: db01-dr-pit, wait: 2s}\n"
-                                     "    retain: {last: 2, min: 2}\n    retries: {count: 0}")
+                                     f"marker: {db01_marker}\n    {db01_extra}")
     open(path, "w").write(text)
     assert aimsnap("apply", path).code == 0
     pair.wait_state("db01-ci-to-dr", "replicating")
     db = str(tmp_path / "o.db")
     log = open(tmp_path / "run.log", "wb")
-    proc = start_run(path, db, log)
+    return path, db, log, start_run(path, db, log)
+
+
+def test_destination_down_then_back_prune_and_report(pair, tmp_path):
+    path, db, log, proc = running_site(pair, tmp_path, "{destination_snapshot: db01-dr-pit, wait: 2s}",
+                                       "retain: {last: 2, min: 2}\n    retries: {count: 0}")
     try:
         wait_for(lambda: len(hist(db, "--policy", "db01-15m", "--status", "ok")) >= 3)
         pair.dst.proc.stop(signal.SIGKILL)
@@ -148,16 +154,8 @@ def test_destination_down_then_back_prune_and_report(pair, tmp_path):
 
 def test_sigkill_mid_run_is_recorded_interrupted_and_the_next_run_succeeds(pair, tmp_path):
     """The run is caught in its quiesce hook (a 2 s sleep) when the orchestrator is killed."""
-    path = fast_policies(pair, tmp_path)
-    text = open(path).read().replace("marker: {destination_snapshot: db01-dr-pit}",
-                                     "marker: {destination_snapshot: db01-dr-pit}\n"
-                                     "    quiesce: {pre: [/bin/sleep, '2']}")
-    open(path, "w").write(text)
-    assert aimsnap("apply", path).code == 0
-    pair.wait_state("db01-ci-to-dr", "replicating")
-    db = str(tmp_path / "o.db")
-    log = open(tmp_path / "run.log", "wb")
-    proc = start_run(path, db, log)
+    path, db, log, proc = running_site(pair, tmp_path, "{destination_snapshot: db01-dr-pit}",
+                                       "quiesce: {pre: [/bin/sleep, '2']}")
     try:
         running = wait_for(lambda: [r for r in hist(db, "--policy", "db01-15m") if r["status"] == "running"])
         proc.send_signal(signal.SIGKILL)
