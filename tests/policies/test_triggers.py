@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 
 import time_machine
 from croniter import croniter
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.triggers import trigger_for
@@ -26,7 +26,6 @@ def policy(**kw) -> Policy:
     return Policy(name=kw.pop("name", "p"), kind="auto-marker", node="n", where=W, **kw)
 
 
-@settings(max_examples=80)
 @given(starts, intervals, st.sampled_from(ZONES), st.integers(0, 600))
 def test_every_is_increasing_and_aligned(start, every, zone, offset):
     offset = offset % every
@@ -43,7 +42,6 @@ def test_every_is_increasing_and_aligned(start, every, zone, offset):
             assert ((local - midnight).total_seconds() - offset) % every == 0, (t, local)
 
 
-@settings(max_examples=60)
 @given(starts, crons)
 def test_cron_in_utc_matches_croniter(start, expr):
     times = trigger_for(policy(cron=expr, name="erp")).fire_times(start, 20)
@@ -51,7 +49,6 @@ def test_cron_in_utc_matches_croniter(start, expr):
     assert [t.replace(tzinfo=None) for t in times] == [it.get_next(datetime) for _ in range(20)]
 
 
-@settings(max_examples=60)
 @given(st.sampled_from(ZONES), crons, st.integers(2025, 2028))
 def test_cron_across_dst_changes(zone, expr, year):
     """Over the whole year: strictly increasing; no wall time fires twice; a daily time inside a
