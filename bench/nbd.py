@@ -45,6 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     size = parse_size(args.size)
     work = tempfile.mkdtemp(prefix="aimsnap-bench-nbd-", dir=os.environ.get("AIMSNAP_BENCH_DIR"))
+    node = None
     try:
         src = os.path.join(work, "src.img")
         with open(src, "wb") as f:
@@ -94,6 +95,8 @@ def main() -> None:
         emit("nbd-rss", [{"node": "aimsnap node", "peak_rss_MiB_after_copies": copy_rss,
                           "peak_rss_MiB_after_fio": rss, "target": "<= 256"}])
     finally:
+        if node is not None and node.proc.poll() is None:  # a failed run leaves no node behind
+            node.proc.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -273,6 +273,7 @@ def main() -> None:
     size = parse_size(args.size)
     work = tempfile.mkdtemp(prefix="aimsnap-bench-repl-", dir=os.environ.get("AIMSNAP_BENCH_DIR"))
     rows = []
+    sites = None
     try:
         sites = Sites(work)
         parts = {1: lambda: [throughput(sites, work, min(size, 512 * MiB), args.repeat)],
@@ -289,6 +290,9 @@ def main() -> None:
                      "ratio": max(rss.values()), "target": "<= 256 MiB each"})
         emit("replication", rows)
     finally:
+        for node in (sites.src, sites.dst) if sites else ():
+            if node.proc.poll() is None:  # a failed run leaves no node behind
+                node.proc.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
