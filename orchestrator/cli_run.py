@@ -134,13 +134,23 @@ def status(db: str, as_json: bool) -> None:
 @click.option("--status", "status_", default=None, type=click.Choice(["ok", "failed", "skipped", "missed",
                                                                         "interrupted", "timeout", "running"]))
 @click.option("--limit", default=1000, show_default=True)
+@click.option("--events", "show_events", is_flag=True,
+              help="The orchestrator's events instead: stalled and recovered AIM sets, reloads, interrupted runs.")
 @json_option
-def history(db: str, policy: str | None, since: str | None, status_: str | None, limit: int, as_json: bool) -> None:
-    """Runs, newest first."""
+def history(db: str, policy: str | None, since: str | None, status_: str | None, limit: int, show_events: bool,
+            as_json: bool) -> None:
+    """Runs, newest first (or, with --events, what the orchestrator noticed)."""
     try:
         since_t = datetime.now(timezone.utc) - timedelta(seconds=parse_duration(since)) if since else None
     except DurationError as e:
         raise InvalidInput(str(e)) from None
+    if show_events:
+        events = _open(db).events(since_t, limit)
+        if as_json:
+            print_json(events)
+        else:
+            print_table(events, [("at", "AT"), ("kind", "KIND"), ("message", "MESSAGE")], empty="no events")
+        return
     rows = _open(db).history(policy, since_t, status_, limit)
     if as_json:
         print_json(rows)

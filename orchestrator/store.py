@@ -175,6 +175,12 @@ class Store:
                     (iso(now), kind, policy, message, json.dumps(details or {}, default=str)))
 
     # -- reading ---------------------------------------------------------------------------------------------
+    def events(self, since: datetime | None = None, limit: int = 1000) -> list[dict]:
+        """Orchestrator events (stalled and recovered AIM sets, reloads, interrupted runs), newest first."""
+        rows = self.db.query("SELECT * FROM events WHERE at >= ? ORDER BY id DESC LIMIT ?",
+                             [iso(since) if since else "", limit])
+        return [{**r, "details": json.loads(r["details"] or "{}")} for r in rows]
+
     def history(self, policy: str | None = None, since: datetime | None = None, status: str | None = None,
                 limit: int = 1000) -> list[dict]:
         where, args = [], []

@@ -239,3 +239,7 @@ def test_stall_watchdog(tmp_path):
     assert [e["kind"] for e in store.db.query("SELECT kind FROM events")] == ["stalled", "recovered"]
     state["queued_entries"] = 0  # idle is not stalled
     assert dog.check(t + timedelta(hours=5)) == set()
+    from ..cli import aimsnap  # `history --events` is where an operator sees it
+    shown = aimsnap("history", "--db", str(tmp_path / "w.db"), "--events", "--json").json()
+    assert [e["kind"] for e in shown] == ["recovered", "stalled"] and shown[1]["details"]["aim_set"] == "a"
+    assert "is stalled" in aimsnap("history", "--db", str(tmp_path / "w.db"), "--events").text
