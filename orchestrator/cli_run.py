@@ -15,7 +15,7 @@ from engine import InvalidInput
 from policies.durations import DurationError, parse_duration
 
 from .output import print_json, print_table
-from .store import Store, iso
+from .store import Store, iso, parse_iso
 
 db_option = click.option("--db", default="./aimsnap.db", show_default=True, type=click.Path(dir_okay=False),
                          help="The SQLite outcome store.")
@@ -82,7 +82,7 @@ def _service_alive(store: Store) -> dict | None:
     beat = svc.get("heartbeat")
     if not beat:
         return None
-    age = (datetime.now(timezone.utc) - datetime.fromisoformat(beat.replace("Z", "+00:00"))).total_seconds()
+    age = (datetime.now(timezone.utc) - parse_iso(beat)).total_seconds()
     return svc if age <= HEARTBEAT_FRESH else None
 
 
@@ -106,7 +106,7 @@ def status(db: str, as_json: bool) -> None:
         point = store.newest_recovery_point(name)
         rpo = None
         if point and point.get("issued_at"):
-            rpo = (now - datetime.fromisoformat(point["issued_at"].replace("Z", "+00:00"))).total_seconds()
+            rpo = (now - parse_iso(point["issued_at"])).total_seconds()
         rows.append({"policy": name, "kind": sched["kind"], "next_fire": sched["next_fire"],
                      "last_status": last and last["status"], "last_started_at": last and last["started_at"],
                      "last_error": last and last["error"], "recovery_point": point and point["point"],

@@ -9,7 +9,6 @@ source content recorded at its marker. Exit code 1 on any mismatch.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -34,10 +33,10 @@ from policies.model import Bundle
 from policies.validate import load_policies
 
 from .apply import reconcile
-from .demo_workload import CONTROL_ENV, ControlServer, Workload, request
+from .demo_workload import CONTROL_ENV, ControlServer, Workload, digest, request
 from .localnode import NodeProc, start_node
 from .node_client import RemoteNode
-from .store import Store, iso
+from .store import Store, iso, parse_iso
 
 EXAMPLE = Path(policies.__file__).parent / "examples" / "demo.yaml"
 # names from demo.yaml: the source-snapshot policy, and the volume mirrored both ways for the traffic
@@ -49,7 +48,7 @@ def _mib(n: int) -> str:
 
 
 def _t(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+    return parse_iso(s).timestamp()
 
 
 @dataclass
@@ -195,34 +194,30 @@ def _dest_snapshot(bundle: Bundle, marker: dict) -> tuple[str, str]:
 def verify(demo: Demo, bundle: Bundle, store: Store, progress: Progress) -> list[Check]:
     markers = list(store.db.query("SELECT * FROM markers ORDER BY issued_at"))
     task = progress.add_task("verifying destination points", total=len(markers), info="")
-    dr = demo.clients["dr"]
     checks = []
     for m in markers:
-        name = f"{m['aim_set']} marker {m['node_marker']}"
-        if m["status"] != "applied":
-            checks.append(Check(m["policy"], name, False, f"marker {m['status']}: {m['error'] or ''}"))
-            progress.advance(task)
-            continue
-        volume, snapshot = _dest_snapshot(bundle, m)
-        want = demo.workload.content_at(volume, _t(m["issued_at"]))  # type: ignore[union-attr]
-        size = parse_size(bundle.resource("volume", "prod", volume).spec["size"])
-        try:
-            h = hashlib.sha256()
-            for off in range(0, size, 8 << 20):
-                h.update(dr.read_snapshot(snapshot, m["point"], off, min(8 << 20, size - off)))
-            got = h.hexdigest()
-        except Exception as e:  # a pruned or unreadable point is a failed check, with the reason
-            checks.append(Check(m["policy"], f"{snapshot}@{m['point']}", False, str(e)))
-            progress.advance(task)
-            continue
-        if want is None:
-            checks.append(Check(m["policy"], f"{snapshot}@{m['point']}", False,
-                                f"no quiesced content of {volume} recorded at {m['issued_at']}"))
-        else:
-            checks.append(Check(m["policy"], f"{snapshot}@{m['point']}", got == want,
-                                f"= {volume} at its marker" if got == want else f"differs from {volume} at its marker"))
+        checks.append(_check(demo, bundle, m))
         progress.advance(task)
     return checks
+
+
+def _check(demo: Demo, bundle: Bundle, m: dict) -> Check:
+    """One recorded marker: its destination point against the source content recorded at its issue."""
+    if m["status"] != "applied":
+        return Check(m["policy"], f"{m['aim_set']} marker {m['node_marker']}", False,
+                     f"marker {m['status']}: {m['error'] or ''}")
+    volume, snapshot = _dest_snapshot(bundle, m)
+    what = f"{snapshot}@{m['point']}"
+    want = demo.workload.content_at(volume, _t(m["issued_at"]))  # type: ignore[union-attr]
+    if want is None:
+        return Check(m["policy"], what, False, f"no quiesced content of {volume} recorded at {m['issued_at']}")
+    size = parse_size(bundle.resource("volume", "prod", volume).spec["size"])
+    try:
+        got = digest(lambda o, n: demo.clients["dr"].read_snapshot(snapshot, m["point"], o, n), size)
+    except Exception as e:  # a pruned or unreadable point is a failed check, with the reason
+        return Check(m["policy"], what, False, str(e))
+    return Check(m["policy"], what, got == want,
+                 f"= {volume} at its marker" if got == want else f"differs from {volume} at its marker")
 
 
 # -- reporting -------------------------------------------------------------------------------------------------

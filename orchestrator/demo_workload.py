@@ -18,8 +18,10 @@ import socketserver
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from engine import read_chunks
 from engine.nbdclient import NbdClient
 
 CONTROL_ENV = "AIMSNAP_DEMO_CONTROL"
@@ -139,13 +141,12 @@ class Workload:
 
     @staticmethod
     def _digest(v: VolumeLoad) -> str:
-        h = hashlib.sha256()
-        for off in range(0, v.size, 4 << 20):
-            error, data = v.reader.read(off, min(4 << 20, v.size - off))
+        def read(offset: int, length: int) -> bytes:
+            error, data = v.reader.read(offset, length)
             if error:
                 raise OSError(error, f"NBD read of {v.name} failed")
-            h.update(data)
-        return h.hexdigest()
+            return data
+        return digest(read, v.size)
 
     def content_at(self, volume: str, t: float) -> str | None:
         """The recorded content of ``volume`` at time ``t``, if it was frozen then."""
@@ -165,6 +166,14 @@ class Workload:
             c["writes"] += v.writes
             c["bytes"] += v.bytes_written
         return c
+
+
+def digest(read: Callable[[int, int], bytes], size: int) -> str:
+    """SHA-256 of ``size`` bytes read in bounded pieces: a source at its freeze, a destination point."""
+    h = hashlib.sha256()
+    for chunk in read_chunks(read, 0, size, 4 << 20):
+        h.update(chunk)
+    return h.hexdigest()
 
 
 class ControlServer(socketserver.ThreadingUnixStreamServer):

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .store import Store
+from .store import Store, parse_iso
 
 
 class _Collector:
@@ -24,7 +24,7 @@ class _Collector:
         now = datetime.now(timezone.utc)
 
         def age(t: str | None) -> float | None:
-            return (now - datetime.fromisoformat(t.replace("Z", "+00:00"))).total_seconds() if t else None
+            return (now - parse_iso(t)).total_seconds() if t else None
 
         for s in self.store.schedule():
             p = s["policy"]

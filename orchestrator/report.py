@@ -4,14 +4,10 @@ timeline of runs by policy and the RPO over time, for people who would rather lo
 import html
 from datetime import datetime, timezone
 
-from .store import Store
+from .store import Store, parse_iso
 
 COLORS = {"ok": "#2e7d32", "failed": "#c62828", "timeout": "#ef6c00", "skipped": "#9e9e9e", "missed": "#6a1b9a",
           "interrupted": "#795548", "running": "#1565c0"}
-
-
-def _t(s: str) -> datetime:
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
 def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str:
@@ -22,7 +18,7 @@ def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str
     if not runs:
         body = "<p>No runs recorded yet.</p>"
     else:
-        t0, t1 = _t(runs[0]["started_at"]), now
+        t0, t1 = parse_iso(runs[0]["started_at"]), now
         span = max((t1 - t0).total_seconds(), 1)
         width, row_h, left = 1000, 22, 180
 
@@ -36,7 +32,7 @@ def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str
         for r in runs:
             y = 20 + policies.index(r["policy"]) * row_h
             title = html.escape(f"{r['policy']} {r['status']} {r['started_at']} {r['error'] or ''}")
-            parts.append(f'<rect x="{x(_t(r["started_at"])):.1f}" y="{y + 3}" width="3" height="14" '
+            parts.append(f'<rect x="{x(parse_iso(r["started_at"])):.1f}" y="{y + 3}" width="3" height="14" '
                          f'fill="{COLORS.get(r["status"], "#000")}"><title>{title}</title></rect>')
         parts.append(f'<text x="{left}" y="{row_h * len(policies) + 35}" font-size="11">{html.escape(str(t0))}</text>')
         parts.append(f'<text x="{width - 200}" y="{row_h * len(policies) + 35}" font-size="11">'
@@ -46,7 +42,7 @@ def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str
         rpo_parts, height = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="220">'], 180
         series = {}
         for m in markers:
-            series.setdefault(m["policy"], []).append(_t(m["issued_at"]))
+            series.setdefault(m["policy"], []).append(parse_iso(m["issued_at"]))
         worst = 1.0
         lines = {}
         for p, points in series.items():

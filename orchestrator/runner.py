@@ -36,12 +36,16 @@ class Admission:
     status: str | None = None  # the outcome when it does not run: missed or skipped
     lock: threading.Lock | None = None  # held when it runs
     rows: list[RunRow] = field(default_factory=list)
-    starts: bool = False  # the last row is the first attempt's start row
-    run_id: int | None = None  # that row's id, once written
+    run_id: int | None = None  # the first attempt's start row, once written
 
     @property
     def runs(self) -> bool:
         return self.lock is not None
+
+    @property
+    def starts(self) -> bool:
+        """The last row is the first attempt's start row (with jitter the run starts later)."""
+        return self.runs and not self.policy.jitter
 
 
 class Runner:
@@ -95,9 +99,8 @@ class Runner:
             adm.status = "skipped"
             return adm
         adm.lock = lock
-        if not policy.jitter:  # with jitter the run starts later, and says so
+        if adm.starts:
             adm.rows.append(RunRow(name, policy.kind, adm.trigger, "running", now, scheduled_for))
-            adm.starts = True
         return adm
 
     def write(self, admissions: list[Admission], schedule: list[tuple[str, str | None]] = ()) -> None:

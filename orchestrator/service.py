@@ -26,7 +26,7 @@ from policies.validate import load_policies
 from .apply import Nodes
 from .compile import JobSpec, compile_jobs
 from .runner import Admission, Runner
-from .store import Store, iso
+from .store import Store, iso, parse_iso
 
 log = logging.getLogger("aimsnap.scheduler")
 MAX_CATCH_UP_SCAN = 100000
@@ -239,7 +239,7 @@ class Orchestrator:
             last = self.store.last_scheduled(spec.name)
             if last is None:
                 continue
-            t: datetime | None = datetime.fromisoformat(last.replace("Z", "+00:00"))
+            t: datetime | None = parse_iso(last)
             due: list[datetime] = []
             while len(due) < MAX_CATCH_UP_SCAN:
                 t = spec.trigger.get_next_fire_time(t, t)

@@ -49,6 +49,11 @@ def iso(t: datetime) -> str:
     return t.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_iso(s: str) -> datetime:
+    """A time as the store (or a node) writes it: ISO 8601 UTC with a ``Z``."""
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
 @dataclass
 class RunRow:
     """One row of ``runs`` before it is written: a run starting, or one that never started."""
@@ -95,16 +100,10 @@ class Store:
         db = self.db
         version = db.execute("PRAGMA user_version").fetchone()[0]
         for i, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self.write_lock:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    for statement in filter(str.strip, script.split(";")):
-                        db.execute(statement)
-                    db.execute(f"PRAGMA user_version={i}")
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+            with self.transaction() as conn:
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={i}")
 
     def _write(self, sql: str, args: Iterable = ()) -> int:
         with self.write_lock:
@@ -219,13 +218,10 @@ class Store:
 
     def set_schedule(self, rows: list[dict], now: datetime) -> None:
         """The running orchestrator's jobs and their next fire times (what `status` shows)."""
-        with self.write_lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM schedule")
-            for r in rows:
-                self.db.execute("INSERT INTO schedule VALUES (?,?,?,?,?)",
-                                [r["policy"], r["kind"], r["trigger"], r["next_fire"], iso(now)])
-            self.db.execute("COMMIT")
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM schedule")
+            conn.executemany("INSERT INTO schedule VALUES (?,?,?,?,?)",
+                             [(r["policy"], r["kind"], r["trigger"], r["next_fire"], iso(now)) for r in rows])
 
     def schedule(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM schedule ORDER BY policy"))
