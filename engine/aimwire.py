@@ -15,6 +15,7 @@ import ssl
 import struct
 
 from . import frames
+from .recvbuf import RecvBuffer
 
 GREETING = b"AIMSNAP1"
 MAX_MESSAGE = 64 * 1024
@@ -68,55 +69,31 @@ def recv_frame(sock: socket.socket) -> frames.Frame:
 
 
 class FrameReader:
-    """Frames from a socket through one buffer: many frames per ``recv``, and a way to ask
-    whether another complete frame is already here (so a receiver knows when it is idle)."""
+    """Frames from a socket through one :class:`RecvBuffer`: many frames per ``recv``, parsed in
+    place, and a way to tell idleness (no complete frame within a wait) from a stream."""
 
-    def __init__(self, sock: socket.socket, recv_size: int = 1 << 20) -> None:
-        self.sock, self.recv_size = sock, recv_size
-        self.buf = bytearray()
-        self.start = 0
+    def __init__(self, sock: socket.socket) -> None:
+        self.rb = RecvBuffer(sock)
 
-    def next(self, block: bool = True, wait: float | None = None) -> frames.Frame | None:
-        """The next frame; None if none is complete and ``block`` is false, or none arrived within
-        ``wait`` seconds."""
+    def batch(self, wait: float | None = None) -> list[frames.Frame]:
+        """Every complete frame received so far, at least one; [] if none came within ``wait``
+        seconds. Their data payloads are valid until the next call."""
+        rb = self.rb
         while True:
-            frame = self._parse()
-            if frame is not None or not block:
-                return frame
-            if wait is not None:
-                old = self.sock.gettimeout()
-                self.sock.settimeout(wait)
-                try:
-                    data = self.sock.recv(self.recv_size)
-                except TimeoutError:
-                    return None
-                finally:
-                    self.sock.settimeout(old)
-            else:
-                data = self.sock.recv(self.recv_size)
-            if not data:
-                raise ConnectionError("connection closed by peer")
-            if self.start > len(self.buf) // 2:
-                del self.buf[:self.start]
-                self.start = 0
-            self.buf += data
-
-    def _parse(self) -> frames.Frame | None:
-        avail = len(self.buf) - self.start
-        if avail < frames.HEADER_SIZE:
-            return None
-        with memoryview(self.buf) as view:  # one copy per frame, and the buffer free to grow after
-            head = bytes(view[self.start:self.start + frames.HEADER_SIZE])
+            out = []
             try:
-                parsed = frames.parse_header(head)
-                end = self.start + frames.HEADER_SIZE + frames.payload_length(parsed[0], parsed[4])
-                if end > len(self.buf):
-                    return None
-                frame = frames.decode(head, bytes(view[self.start + frames.HEADER_SIZE:end]), parsed)
+                while True:
+                    frame, after = frames.parse_at(rb.buf, rb.start, rb.end)
+                    if frame is None:
+                        break
+                    out.append(frame)
+                    rb.start = after
             except frames.FrameError as e:
                 raise WireError(str(e)) from None
-        self.start = end
-        return frame
+            if out:
+                return out
+            if not rb.fill(after, wait):  # ``after``: the bytes the next frame needs
+                return []
 
 
 def send_frame(sock: socket.socket, frame: frames.Frame) -> int:

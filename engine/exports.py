@@ -1,7 +1,7 @@
 """What a block-protocol client may open: a volume (read-write), a complete-image snapshot
 (read-only, consistent even mid-increment), or ``SNAPSHOT@POINT`` (read-only)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import Conflict, NotFound
@@ -26,8 +26,8 @@ class Export:
             raise Conflict(f"export {self.name!r} is read-only")
         return self.volume
 
-    def write(self, offset: int, data: bytes, fua: bool = False) -> None:
-        self._writable().write(offset, data, fua=fua)
+    def write_many(self, writes: Sequence[tuple[int, bytes | memoryview]], fua: bool = False) -> None:
+        self._writable().write_many(writes, fua=fua)
 
     def write_zeroes(self, offset: int, length: int, fua: bool = False) -> None:
         self._writable().write_zeroes(offset, length, fua=fua)

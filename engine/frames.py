@@ -31,13 +31,13 @@ class FrameError(Exception):
     """A frame that is not what its header and checksum promise."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Frame:
     type: int
     seq: int = 0
     offset: int = 0
     time_ns: int = 0
-    payload: bytes = b""
+    payload: bytes | memoryview = b""  # a view into a receive buffer for WRITE and RESYNC_BLOCK frames
     length: int = -1  # ZERO frames carry a length and no payload
 
     @property
@@ -77,3 +77,22 @@ def decode(raw_header: bytes, payload: bytes, parsed: tuple | None = None) -> Fr
     if zlib.crc32(payload, zlib.crc32(raw_header[:-4])) != crc:
         raise FrameError(f"checksum mismatch in {NAMES[ftype]} frame seq {seq}")
     return Frame(ftype, seq, offset, time_ns, payload, length if ftype == ZERO else -1)
+
+
+def parse_at(buf: bytearray, pos: int, end: int) -> tuple[Frame | None, int]:
+    """The frame at ``buf[pos:]`` if all of it is before ``end``, checked, and the position after
+    it; else (None, the bytes from ``pos`` that frame needs). Data payloads are views into
+    ``buf``; the payloads of control frames (markers, resync ends: JSON) are copied."""
+    if end - pos < HEADER_SIZE:
+        return None, HEADER_SIZE
+    ftype, seq, offset, time_ns, length, crc = parse_header(buf[pos:pos + HEADER_SIZE])
+    size = HEADER_SIZE + payload_length(ftype, length)
+    if end - pos < size:
+        return None, size
+    with memoryview(buf) as view:
+        payload = view[pos + HEADER_SIZE:pos + size]
+        if zlib.crc32(payload, zlib.crc32(view[pos:pos + HEADER_SIZE - 4])) != crc:
+            raise FrameError(f"checksum mismatch in {NAMES[ftype]} frame seq {seq}")
+    if ftype not in (WRITE, RESYNC_BLOCK):
+        payload = bytes(payload)
+    return Frame(ftype, seq, offset, time_ns, payload, length if ftype == ZERO else -1), pos + size

@@ -6,14 +6,16 @@ durable). Segments whose every entry the destination acknowledged are deleted.
 """
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 from dataclasses import dataclass
 
 from . import frames
 from .fsutil import fsync_dir
 
-SEGMENT_BYTES = 64 << 20
+SEGMENT_BYTES = 64 << 20  # a batch may take the last segment slightly past it
+IOV_MAX = 1024
+Entry = tuple[int, int, "bytes | memoryview", int]
 
 
 @dataclass
@@ -61,20 +63,32 @@ class Journal:
     def append(self, ftype: int, offset: int, payload: bytes | memoryview, time_ns: int,
                length: int = -1) -> tuple[int, int]:
         """Append one entry; return its sequence number and size. Durable after :meth:`sync`."""
-        seq = self.next_seq
-        head = frames.header(ftype, seq, offset, time_ns, payload, length)
+        return self.append_many([(ftype, offset, payload, length)], time_ns)
+
+    def append_many(self, entries: Sequence[Entry], time_ns: int) -> tuple[int, int]:
+        """Append entries (type, offset, payload, length for ZERO) in order, with one ``pwritev``
+        per :data:`IOV_MAX` pieces; return the last sequence number and the bytes appended."""
         if not self.segments or self.segments[-1].size >= SEGMENT_BYTES or self._fd is None:
-            self._roll(seq, time_ns)
+            self._roll(self.next_seq, time_ns)
         seg = self.segments[-1]
-        size = len(head) + len(payload)
-        if os.pwritev(self._fd, [head, payload], seg.size) != size:  # type: ignore[arg-type]
-            raise OSError("short write to the AIM journal")
+        seq = self.next_seq
+        iov: list[bytes | memoryview] = []
+        for ftype, offset, payload, length in entries:
+            iov += (frames.header(ftype, seq, offset, time_ns, payload, length), payload)
+            seq += 1
+        size = 0
+        for i in range(0, len(iov), IOV_MAX):
+            piece = iov[i:i + IOV_MAX]
+            expected = sum(len(b) for b in piece)
+            if os.pwritev(self._fd, piece, seg.size + size) != expected:
+                raise OSError("short write to the AIM journal")
+            size += expected
         seg.size += size
         if seg.last == 0:
             seg.first_time_ns = time_ns
-        seg.last = seq
-        self.next_seq = seq + 1
-        return seq, size
+        seg.last = seq - 1
+        self.next_seq = seq
+        return seq - 1, size
 
     def _roll(self, first: int, time_ns: int) -> None:
         if self._fd is not None:  # made durable by the next sync(), not here on the write path

@@ -60,6 +60,20 @@ class NbdClient:
         payload = self._recv(length) if cmd == CMD_READ and error == 0 else b""
         return error, payload
 
+    def pipeline(self, requests: list[tuple[int, int, int, bytes, int]]) -> list[tuple[int, bytes]]:
+        """Send every (cmd, offset, length, data, flags) request before reading any reply, as
+        clients with a queue depth do; the replies, matched by handle, in request order."""
+        self.sock.sendall(b"".join(struct.pack(">IHHQQI", REQUEST_MAGIC, flags, cmd, handle, offset, length) + data
+                                   for handle, (cmd, offset, length, data, flags) in enumerate(requests)))
+        replies: dict[int, tuple[int, bytes]] = {}
+        for _ in requests:
+            magic, error, handle = struct.unpack(">IIQ", self._recv(16))
+            if magic != SIMPLE_REPLY_MAGIC or handle >= len(requests) or handle in replies:
+                raise NbdError(f"bad reply (magic {magic:#x}, handle {handle})")
+            cmd, _offset, length = requests[handle][:3]
+            replies[handle] = (error, self._recv(length) if cmd == CMD_READ and error == 0 else b"")
+        return [replies[h] for h in range(len(requests))]
+
     def read(self, offset: int, length: int) -> tuple[int, bytes]:
         return self.request(CMD_READ, offset, length)
 

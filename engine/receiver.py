@@ -195,46 +195,46 @@ class Receiver:
         unacked_bytes = 0
         while True:
             # a short pause in the stream is not idleness: one fdatasync covers what comes within it
-            f = reader.next(wait=ACK_DELAY) if applied != acked else reader.next(block=False)
-            if f is None or unacked_bytes >= ACK_EVERY_BYTES:
-                if applied != acked:  # idle, or a batch is complete: make it durable, then say so
-                    vol.flush()
-                    self.node.meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", applied, b.set_id)
-                    acked, unacked_bytes = applied, 0
-                    self._send_ack(conn, applied, [])
-                if f is None:
-                    f = reader.next()
-            if f.type in (frames.WRITE, frames.ZERO, frames.MARKER):
-                if f.seq <= applied:
-                    continue  # already applied before a reconnect
-                if f.seq != applied + 1:
-                    raise WireError(f"sequence gap: expected {applied + 1}, got {f.seq}")
-                if f.type == frames.MARKER:
+            batch = reader.batch(wait=ACK_DELAY if applied != acked else None)
+            if (not batch or unacked_bytes >= ACK_EVERY_BYTES) and applied != acked:
+                vol.flush()  # idle, or enough is unacknowledged: make it durable, then say so
+                self.node.meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", applied, b.set_id)
+                acked, unacked_bytes = applied, 0
+                self._send_ack(conn, applied, [])
+            writes: list[tuple[int, memoryview]] = []  # a run of writes lands as one batch
+            for f in batch:
+                if f.type == frames.WRITE and _in_order(f, applied):
+                    writes.append((f.offset, f.payload))  # type: ignore[arg-type]
+                    applied = f.seq
+                    unacked_bytes += len(f.payload)
+                    continue
+                if writes:
+                    vol.apply_writes(writes)
+                    writes = []
+                if f.type == frames.ZERO and _in_order(f, applied):
+                    vol.apply_zeroes(f.offset, f.length)
+                    applied = f.seq
+                elif f.type == frames.MARKER and _in_order(f, applied):
                     result = self._marker(b, vol, f)
                     applied = acked = f.seq
                     unacked_bytes = 0
                     self._send_ack(conn, applied, [result])
-                elif f.type == frames.WRITE:
+                elif f.type == frames.RESYNC_BEGIN:
+                    self.node.meta.execute("UPDATE aim_targets SET resyncing=1 WHERE set_id=?", b.set_id)
+                elif f.type == frames.RESYNC_BLOCK:
                     vol.apply_write(f.offset, f.payload)
-                    applied = f.seq
-                    unacked_bytes += len(f.payload)
-                else:
-                    vol.apply_zeroes(f.offset, f.length)
-                    applied = f.seq
-            elif f.type == frames.RESYNC_BEGIN:
-                self.node.meta.execute("UPDATE aim_targets SET resyncing=1 WHERE set_id=?", b.set_id)
-            elif f.type == frames.RESYNC_BLOCK:
-                vol.apply_write(f.offset, f.payload)
-            elif f.type == frames.RESYNC_END:
-                info = json.loads(f.payload)
-                vol.flush()
-                b.consistent_from, applied = int(info["consistent_from"]), f.seq
-                self.node.meta.execute("UPDATE aim_targets SET resyncing=0, applied_seq=?, consistent_from=? "
-                                       "WHERE set_id=?", applied, b.consistent_from, b.set_id)
-                acked = applied
-                self._send_ack(conn, applied, [])
-            elif f.type == frames.HEARTBEAT and applied == acked:
-                self._send_ack(conn, applied, [])  # tells the source we are alive and where we are
+                elif f.type == frames.RESYNC_END:
+                    info = json.loads(f.payload)
+                    vol.flush()
+                    b.consistent_from, applied = int(info["consistent_from"]), f.seq
+                    self.node.meta.execute("UPDATE aim_targets SET resyncing=0, applied_seq=?, consistent_from=? "
+                                           "WHERE set_id=?", applied, b.consistent_from, b.set_id)
+                    acked = applied
+                    self._send_ack(conn, applied, [])
+                elif f.type == frames.HEARTBEAT and applied == acked:
+                    self._send_ack(conn, applied, [])  # tells the source we are alive and where we are
+            if writes:
+                vol.apply_writes(writes)
 
     def _send_ack(self, conn: socket.socket, seq: int, markers: list[dict]) -> None:
         payload = json.dumps({"markers": markers}).encode() if markers else b""
@@ -297,6 +297,15 @@ class Receiver:
         except EngineError as e:
             return {"state": "failed", "error": str(e)}
         return {"state": "applied", "point": r["point"], "applied_at": r["enabled_at"]}
+
+
+def _in_order(f: frames.Frame, applied: int) -> bool:
+    """Whether a journal entry is the next to apply; False for one applied before a reconnect."""
+    if f.seq <= applied:
+        return False
+    if f.seq != applied + 1:
+        raise WireError(f"sequence gap: expected {applied + 1}, got {f.seq}")
+    return True
 
 
 def _now() -> str:

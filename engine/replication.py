@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 
@@ -27,7 +28,7 @@ from .aimwire import WireError
 from .bitmap import BlockBitmap, runs
 from .errors import AlreadyExists, Conflict, EngineError, InvalidInput, NotFound
 from .fsutil import data_extents
-from .journal import Cursor, Journal
+from .journal import Cursor, Entry, Journal
 from .units import format_size, parse_size
 from .volume import Volume, WriteIntent, barrier, pread_all
 
@@ -90,26 +91,29 @@ class AimSet:
         self._thread: threading.Thread | None = None
 
     # -- the write path ------------------------------------------------------------------------------
-    def before_write(self, intent: WriteIntent) -> None:
+    def before_write(self, batch: Sequence[WriteIntent]) -> None:
         if self.replaying:
             return
-        self.bytes_written += intent.length
+        self.bytes_written += sum(intent.length for intent in batch)
         if self.overflowed:
-            self.dirty.mark(intent.first, intent.last)
+            for intent in batch:
+                self.dirty.mark(intent.first, intent.last)
             return
+        entries: list[Entry] = []
+        for intent in batch:
+            if intent.data is not None:
+                entries.append((frames.WRITE, intent.offset, intent.data, -1))
+            elif intent.source is not None:  # an increment copying into this (snapshot) volume
+                entries.append((frames.WRITE, intent.offset, pread_all(intent.source.fd, intent.length, intent.offset), -1))
+            else:
+                entries.append((frames.ZERO, intent.offset, b"", intent.length))
         now = time.time_ns()
-        if intent.data is not None:
-            seq, size = self.journal.append(frames.WRITE, intent.offset, intent.data, now)
-        elif intent.source is not None:  # an increment copying into this (snapshot) volume
-            data = pread_all(intent.source.fd, intent.length, intent.offset)
-            seq, size = self.journal.append(frames.WRITE, intent.offset, data, now)
-        else:
-            seq, size = self.journal.append(frames.ZERO, intent.offset, b"", now, intent.length)
-        self._appended(size, now)
+        _seq, size = self.journal.append_many(entries, now)
+        self._appended(len(entries), size, now)
         if self.unacked_bytes > self.journal_limit:
             self._overflow()
 
-    def after_write(self, intent: WriteIntent) -> None:
+    def after_write(self, batch: Sequence[WriteIntent]) -> None:
         if not self.replaying:
             self.publish()
 
@@ -123,8 +127,8 @@ class AimSet:
             with self.cond:
                 self.cond.notify_all()
 
-    def _appended(self, size: int, now: int) -> None:
-        self.unacked_entries += 1
+    def _appended(self, entries: int, size: int, now: int) -> None:
+        self.unacked_entries += entries
         self.unacked_bytes += size
         self.oldest_ns = self.oldest_ns or now
 
@@ -654,7 +658,7 @@ class Replication:
                                         "members": [a.id for a in sets]}
                 seq, size = aim.journal.append(frames.MARKER, 0, json.dumps(payload).encode(), time.time_ns())
                 aim.publish()  # a marker has no data to land (the barrier holds the volume lock)
-                aim._appended(size, time.time_ns())
+                aim._appended(1, size, time.time_ns())
                 self.meta.execute("UPDATE markers SET seq=? WHERE id=?", seq, marker_id)
             rows.append(self.marker(marker_id))
         return rows

@@ -11,6 +11,7 @@ so the result equals the source at the enable instant.
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .bitmap import BlockBitmap, count_bits, runs
@@ -50,12 +51,13 @@ class CompleteImage:
         self._result: EnableResult | None = None
 
     # -- write path of the source --------------------------------------------------------------
-    def before_write(self, intent: WriteIntent) -> None:
-        self.dirty.mark(intent.first, intent.last)
-        if self.pending is not None:
-            self._copy_pending(intent.first, intent.last - intent.first + 1)
+    def before_write(self, batch: Sequence[WriteIntent]) -> None:
+        for intent in batch:
+            self.dirty.mark(intent.first, intent.last)
+            if self.pending is not None:
+                self._copy_pending(intent.first, intent.last - intent.first + 1)
 
-    def after_write(self, intent: WriteIntent) -> None:
+    def after_write(self, batch: Sequence[WriteIntent]) -> None:
         pass
 
     def flush(self) -> None:
@@ -168,11 +170,11 @@ class Differential:
         self.state = "ready" if points else "new"
         self._result: EnableResult | None = None
 
-    def before_write(self, intent: WriteIntent) -> None:
+    def before_write(self, batch: Sequence[WriteIntent]) -> None:
         if self.points:
-            _preserve(self.source, self.points[-1], intent.first, intent.last)
+            _preserve(self.source, self.points[-1], batch)
 
-    def after_write(self, intent: WriteIntent) -> None:
+    def after_write(self, batch: Sequence[WriteIntent]) -> None:
         pass
 
     def flush(self) -> None:
@@ -232,11 +234,11 @@ class Differential:
             p.close()
 
 
-def _preserve(source: Volume, point: Point, first: int, last: int) -> None:
-    """Copy the blocks of ``first..last`` that ``point`` does not hold yet, durably, before the
-    write that would overwrite them."""
+def _preserve(source: Volume, point: Point, batch: Sequence[WriteIntent]) -> None:
+    """Copy the blocks the batch touches that ``point`` does not hold yet, durably (one
+    ``fdatasync`` per batch), before the writes that would overwrite them."""
     bs, size = source.block_size, source.size
-    todo = [b for b in range(first, last + 1) if not point.present.test(b)]
+    todo = sorted({b for i in batch for b in range(i.first, i.last + 1) if not point.present.test(b)})
     if not todo:
         return
     for b in todo:

@@ -113,6 +113,35 @@ def test_exports_list_and_read_only_snapshots(node, tmp_path):
     assert cli(node, "snapshot", "read", "v-pit@p1", "--length", "6").out == b"before"
 
 
+def test_queued_requests_are_handled_in_order_as_one_batch(node):
+    """A client with a queue depth sends many requests before reading a reply: the server takes
+    them in one batch (consecutive writes land together) and must keep their order, fail only
+    the bad one, and take a write larger than its receive buffer."""
+    from engine.nbdclient import CMD_FLUSH, CMD_READ, CMD_WRITE, FLAG_FUA
+    cli(node, "volume", "create", "v", "--size", "8MiB")
+    c = NbdClient(node.nbd, "v")
+    big = os.urandom(3 << 20)  # past the 1 MiB receive buffer: it grows
+    replies = c.pipeline([
+        (CMD_READ, 0, 4, b"", 0),
+        (CMD_WRITE, 0, 4, b"AAAA", 0),
+        (CMD_WRITE, 2, 4, b"BBBB", 0),  # overlaps the previous one in the same batch
+        (CMD_WRITE, (8 << 20) - 2, 4, b"CCCC", 0),  # beyond the end: fails alone
+        (CMD_WRITE, 4096, 4, b"DDDD", FLAG_FUA),
+        (CMD_READ, 0, 6, b"", 0),
+        (6, 8192, 4096, b"", 0),  # WRITE_ZEROES between writes
+        (CMD_WRITE, 1 << 20, len(big), big, 0),
+        (CMD_FLUSH, 0, 0, b"", 0),
+        (CMD_READ, 4096, 4, b"", 0),
+    ])
+    assert replies == [(0, b"\0" * 4), (0, b""), (0, b""), (errno.EINVAL, b""), (0, b""), (0, b"AABBBB"),
+                       (0, b""), (0, b""), (0, b""), (0, b"DDDD")]
+    assert c.read(1 << 20, len(big)) == (0, big)
+    many = c.pipeline([(CMD_WRITE, i * 512, 512, bytes([i % 251]) * 512, 0) for i in range(2000)])
+    assert many == [(0, b"")] * 2000
+    assert c.read(0, 2000 * 512)[1] == b"".join(bytes([i % 251]) * 512 for i in range(2000))
+    c.close()
+
+
 def test_bad_frames_close_only_that_connection(node):
     cli(node, "volume", "create", "v", "--size", "1MiB")
     good = NbdClient(node.nbd, "v")

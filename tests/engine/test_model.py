@@ -56,6 +56,23 @@ class EngineModel(RuleBasedStateMachine):
         self._touch(vol, offset, length)
 
     @rule(vol=st.sampled_from(sorted(SIZES)), data=st.data())
+    def write_batch(self, vol: str, data: st.DataObject) -> None:
+        """Several writes landing as one batch (as an NBD client's queued requests do), often to
+        the same blocks: observers see them all before any lands, and must still preserve and
+        increment exactly what the model says."""
+        size = SIZES[vol]
+        writes = []
+        for _ in range(data.draw(st.integers(1, 5))):
+            offset = data.draw(st.integers(0, size // BS - 1).map(lambda b: b * BS)
+                               if data.draw(st.booleans()) else st.integers(0, size - 1))
+            length = data.draw(st.integers(1, min(2 * BS, size - offset)))
+            writes.append((offset, bytes([data.draw(st.integers(0, 255))]) * length))
+        self.node.volume(vol).write_many(writes)
+        for offset, payload in writes:
+            self.vols[vol][offset:offset + len(payload)] = payload
+            self._touch(vol, offset, len(payload))
+
+    @rule(vol=st.sampled_from(sorted(SIZES)), data=st.data())
     def write_zeroes(self, vol: str, data: st.DataObject) -> None:
         size = SIZES[vol]
         offset = data.draw(st.integers(0, size - 1))
