@@ -1,8 +1,12 @@
 """The AIM journal: an ordered, checksummed log of one source volume's writes, on disk.
 
 Segments ``<first-seq>.seg`` roll over at :data:`SEGMENT_BYTES`. Opening scans every segment and
-truncates a torn tail (a short or mis-checksummed last entry: a write the host was never told was
-durable). Segments whose every entry the destination acknowledged are deleted.
+truncates a torn tail (a short or mis-checksummed last entry, or one out of sequence: a write the
+host was never told was durable). Segments whose every entry the destination acknowledged are
+reclaimed: up to :data:`SPARES` are renamed ``*.spare`` and reused by the next segments, so an
+append overwrites blocks the file system has already allocated (and pages still cached) instead
+of allocating new ones (measured: half the kernel time per append). A reused file holds old
+entries past the new tail; they are out of sequence, so a scan stops before them.
 """
 
 import os
@@ -15,6 +19,7 @@ from .fsutil import fsync_dir
 
 SEGMENT_BYTES = 64 << 20  # a batch may take the last segment slightly past it
 IOV_MAX = 1024
+SPARES = 2
 Entry = tuple[int, int, "bytes | memoryview", int]
 
 
@@ -35,6 +40,7 @@ class Journal:
         self._fd: int | None = None
         self._unsynced: list[int] = []  # earlier segments written since the last sync()
         self.next_seq = 1
+        self.spares = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".spare"))
         self._recover()
 
     # -- opening ------------------------------------------------------------------------------------
@@ -44,7 +50,7 @@ class Journal:
             path = os.path.join(self.dir, name)
             seg = Segment(first, 0, path, 0)
             good = 0
-            for frame, end in _scan(path):
+            for frame, end in _scan(path, first):
                 if seg.last == 0:
                     seg.first_time_ns = frame.time_ns
                 seg.last, good = frame.seq, end
@@ -73,14 +79,16 @@ class Journal:
         seg = self.segments[-1]
         seq = self.next_seq
         iov: list[bytes | memoryview] = []
+        sizes: list[int] = []  # bytes per IOV_MAX pieces
         for ftype, offset, payload, length in entries:
+            if len(iov) % IOV_MAX == 0:
+                sizes.append(0)
             iov += (frames.header(ftype, seq, offset, time_ns, payload, length), payload)
+            sizes[-1] += frames.HEADER_SIZE + len(payload)
             seq += 1
         size = 0
-        for i in range(0, len(iov), IOV_MAX):
-            piece = iov[i:i + IOV_MAX]
-            expected = sum(len(b) for b in piece)
-            if os.pwritev(self._fd, piece, seg.size + size) != expected:
+        for i, expected in enumerate(sizes):
+            if os.pwritev(self._fd, iov[i * IOV_MAX:(i + 1) * IOV_MAX], seg.size + size) != expected:
                 raise OSError("short write to the AIM journal")
             size += expected
         seg.size += size
@@ -98,6 +106,8 @@ class Journal:
         else:
             seg = Segment(first, 0, os.path.join(self.dir, f"{first:020d}.seg"), 0, time_ns)
             self.segments.append(seg)
+            if self.spares:
+                os.rename(self.spares.pop(), seg.path)
         self._fd = os.open(seg.path, os.O_RDWR | os.O_CREAT, 0o600)
         fsync_dir(self.dir)
 
@@ -115,16 +125,22 @@ class Journal:
         for seg in list(self.segments):
             if seg.last < seq:
                 continue
-            for frame, end, raw in _scan(seg.path, with_raw=True, limit=seg.size):
+            for frame, end, raw in _scan(seg.path, seg.first, with_raw=True, limit=seg.size):
                 if frame.seq >= seq:
                     yield frame, raw
 
     def reclaim(self, acked: int) -> int:
-        """Delete segments fully acknowledged; return bytes freed. The tail segment stays open."""
+        """Reclaim segments fully acknowledged (kept as spares, or deleted); return the bytes of
+        entries freed. The tail segment stays open."""
         freed = 0
         while len(self.segments) > 1 and self.segments[0].last <= acked:
             seg = self.segments.pop(0)
-            os.unlink(seg.path)
+            if len(self.spares) < SPARES:
+                spare = seg.path.removesuffix(".seg") + ".spare"
+                os.rename(seg.path, spare)
+                self.spares.append(spare)
+            else:
+                os.unlink(seg.path)
             freed += seg.size
         if freed:
             fsync_dir(self.dir)
@@ -235,21 +251,25 @@ class Cursor:
         return pos
 
 
-def _scan(path: str, with_raw: bool = False, limit: int | None = None):
-    """Yield valid entries of a segment file and the offset after each; stop at the first bad one."""
+def _scan(path: str, first: int, with_raw: bool = False, limit: int | None = None):
+    """Yield valid entries of a segment file (sequence ``first`` on) and the offset after each;
+    stop at the first bad or out-of-sequence one (the end, or a reused file's old entries)."""
     with open(path, "rb") as f:
-        pos = 0
+        pos, expected = 0, first
         while limit is None or pos < limit:
             head = f.read(frames.HEADER_SIZE)
             if len(head) < frames.HEADER_SIZE:
                 return
             try:
-                ftype, *_rest, length, _crc = frames.parse_header(head)
+                ftype, seq, *_rest, length, _crc = frames.parse_header(head)
+                if seq != expected:
+                    return
                 payload = f.read(frames.payload_length(ftype, length))
                 frame = frames.decode(head, payload)
             except frames.FrameError:
                 return
             pos += len(head) + len(payload)
+            expected += 1
             if with_raw:
                 yield frame, pos, head + payload
             else:

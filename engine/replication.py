@@ -94,13 +94,14 @@ class AimSet:
     def before_write(self, batch: Sequence[WriteIntent]) -> None:
         if self.replaying:
             return
-        self.bytes_written += sum(intent.length for intent in batch)
         if self.overflowed:
             for intent in batch:
+                self.bytes_written += intent.length
                 self.dirty.mark(intent.first, intent.last)
             return
         entries: list[Entry] = []
         for intent in batch:
+            self.bytes_written += intent.length
             if intent.data is not None:
                 entries.append((frames.WRITE, intent.offset, intent.data, -1))
             elif intent.source is not None:  # an increment copying into this (snapshot) volume

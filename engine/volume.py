@@ -93,7 +93,7 @@ class Volume:
 
     def apply_writes(self, writes: Sequence[tuple[int, bytes | memoryview]]) -> None:
         """Several such writes landing in order, as one batch."""
-        self._land([self._intent(offset, len(data), data=data) for offset, data in writes])
+        self._land(self._data_intents(writes))
 
     def apply_zeroes(self, offset: int, length: int) -> None:
         self._mutate([self._intent(offset, length)], lambda: punch_hole(self.fd, offset, length))
@@ -111,9 +111,9 @@ class Volume:
 
     def write_many(self, writes: Sequence[tuple[int, bytes | memoryview]], *, fua: bool = False) -> None:
         """Host writes landing in order as one batch; all are checked before any lands."""
-        for offset, data in writes:
-            self.check_host_write(offset, len(data))
-        self._land([self._intent(offset, len(data), data=data) for offset, data in writes])
+        if not self.host_writable:
+            self.check_host_write(0, 0)  # raises the reason
+        self._land(self._data_intents(writes))
         if fua:
             self.flush()
 
@@ -144,16 +144,32 @@ class Volume:
         last = (offset + length - 1) // self.block_size if length else offset // self.block_size
         return WriteIntent(offset, length, offset // self.block_size, last, **kw)  # type: ignore[arg-type]
 
+    def _data_intents(self, writes: Sequence[tuple[int, bytes | memoryview]]) -> list[WriteIntent]:
+        """The intents of a batch of writes, every range checked (the hot path: no call per write)."""
+        bs, size, batch = self.block_size, self.size, []
+        for offset, data in writes:
+            n = len(data)
+            if offset < 0 or offset + n > size:
+                self.check_range(offset, n)  # raises the reason
+            if n:
+                batch.append(WriteIntent(offset, n, offset // bs, (offset + n - 1) // bs, data))
+        return batch
+
     def _land(self, batch: list[WriteIntent]) -> None:
         def apply() -> None:
+            fd = self.fd
             for intent in batch:
-                pwrite_all(self.fd, intent.data, intent.offset)  # type: ignore[arg-type]
+                pwrite_all(fd, intent.data, intent.offset)  # type: ignore[arg-type]
         self._mutate(batch, apply)
 
     def _mutate(self, batch: list[WriteIntent], apply) -> None:
+        """The one write path: observers see the batch (zero-length writes left out), then it lands."""
         batch = [intent for intent in batch if intent.length]
         if not batch:
             return
+        nbytes = 0
+        for intent in batch:
+            nbytes += intent.length
         with self.lock:
             for observer in self.observers:
                 observer.before_write(batch)
@@ -161,7 +177,7 @@ class Volume:
             for observer in self.observers:
                 observer.after_write(batch)
         self.stats.writes += len(batch)
-        self.stats.bytes_written += sum(intent.length for intent in batch)
+        self.stats.bytes_written += nbytes
 
 
 @contextlib.contextmanager
