@@ -60,9 +60,10 @@ def _transmission_flags(export: exports.Export) -> int:
 
 
 class NbdServer:
-    """One thread per connection, blocking sockets: the kernel copies each payload straight into
-    a per-connection buffer and ``pwrite`` takes it from there, and connections run in parallel
-    while the GIL is released in those calls (the same shape as nbdkit's threads)."""
+    """One thread per connection, blocking sockets: the kernel copies payloads straight into the
+    connection's receive buffer and ``pwrite`` takes them from there, and connections run in
+    parallel while the GIL is released in those calls (the same shape as nbdkit's threads).
+    Everything a client has queued is handled as one batch (see :class:`_Requests`)."""
 
     def __init__(self, node, max_connections: int = 64) -> None:
         self.node = node

@@ -17,10 +17,6 @@ class RecvBuffer:
         self.buf = bytearray(size)
         self.start = self.end = 0
 
-    @property
-    def available(self) -> int:
-        return self.end - self.start
-
     def fill(self, need: int, timeout: float | None = None) -> bool:
         """Receive once, with room for ``need`` unread bytes; False if ``timeout`` seconds passed
         with nothing received (None: wait as the socket does)."""
