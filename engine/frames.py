@@ -71,12 +71,8 @@ def payload_length(ftype: int, length: int) -> int:
     return 0 if ftype == ZERO else length
 
 
-def decode(raw_header: bytes, payload: bytes, parsed: tuple | None = None) -> Frame:
-    """``parsed``: what :func:`parse_header` already returned for ``raw_header``."""
-    ftype, seq, offset, time_ns, length, crc = parsed or parse_header(raw_header)
-    if zlib.crc32(payload, zlib.crc32(raw_header[:-4])) != crc:
-        raise FrameError(f"checksum mismatch in {NAMES[ftype]} frame seq {seq}")
-    return Frame(ftype, seq, offset, time_ns, payload, length if ftype == ZERO else -1)
+def decode(raw_header: bytes, payload: bytes) -> Frame:
+    return _checked(parse_header(raw_header), raw_header[:-4], payload)
 
 
 def parse_at(buf: bytearray, pos: int, end: int) -> tuple[Frame | None, int]:
@@ -85,14 +81,20 @@ def parse_at(buf: bytearray, pos: int, end: int) -> tuple[Frame | None, int]:
     ``buf``; the payloads of control frames (markers, resync ends: JSON) are copied."""
     if end - pos < HEADER_SIZE:
         return None, HEADER_SIZE
-    ftype, seq, offset, time_ns, length, crc = parse_header(buf[pos:pos + HEADER_SIZE])
-    size = HEADER_SIZE + payload_length(ftype, length)
+    parsed = parse_header(buf[pos:pos + HEADER_SIZE])
+    size = HEADER_SIZE + payload_length(parsed[0], parsed[4])
     if end - pos < size:
         return None, size
     with memoryview(buf) as view:
-        payload = view[pos + HEADER_SIZE:pos + size]
-        if zlib.crc32(payload, zlib.crc32(view[pos:pos + HEADER_SIZE - 4])) != crc:
-            raise FrameError(f"checksum mismatch in {NAMES[ftype]} frame seq {seq}")
-    if ftype not in (WRITE, RESYNC_BLOCK):
-        payload = bytes(payload)
-    return Frame(ftype, seq, offset, time_ns, payload, length if ftype == ZERO else -1), pos + size
+        frame = _checked(parsed, view[pos:pos + HEADER_SIZE - 4], view[pos + HEADER_SIZE:pos + size])
+    if frame.type not in (WRITE, RESYNC_BLOCK):
+        frame.payload = bytes(frame.payload)
+    return frame, pos + size
+
+
+def _checked(parsed: tuple, head: bytes | memoryview, payload: bytes | memoryview) -> Frame:
+    """The frame, if the checksum over ``head`` (the header before it) and ``payload`` matches."""
+    ftype, seq, offset, time_ns, length, crc = parsed
+    if zlib.crc32(payload, zlib.crc32(head)) != crc:
+        raise FrameError(f"checksum mismatch in {NAMES[ftype]} frame seq {seq}")
+    return Frame(ftype, seq, offset, time_ns, payload, length if ftype == ZERO else -1)

@@ -105,7 +105,8 @@ class AimSet:
             if intent.data is not None:
                 entries.append((frames.WRITE, intent.offset, intent.data, -1))
             elif intent.source is not None:  # an increment copying into this (snapshot) volume
-                entries.append((frames.WRITE, intent.offset, pread_all(intent.source.fd, intent.length, intent.offset), -1))
+                data = pread_all(intent.source.fd, intent.length, intent.offset)
+                entries.append((frames.WRITE, intent.offset, data, -1))
             else:
                 entries.append((frames.ZERO, intent.offset, b"", intent.length))
         now = time.time_ns()

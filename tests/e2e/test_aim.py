@@ -37,7 +37,8 @@ def test_every_applied_marker_equals_the_source_at_issue(pair):
             assert nbd.request(6, rng.randrange(0, size - 65536), 65536)[0] == 0  # WRITE_ZEROES
         if rng.random() < 0.5:  # queued writes, often to the same blocks: one batch in the journal
             base = rng.randrange(0, size - 65536)
-            queued = [(1, base + rng.randrange(0, 60000), 4096, os.urandom(4096), 0) for _ in range(rng.randrange(2, 30))]
+            queued = [(1, base + rng.randrange(0, 60000), 4096, os.urandom(4096), 0)
+                      for _ in range(rng.randrange(2, 30))]
             assert nbd.pipeline(queued) == [(0, b"")] * len(queued)
         m = pair.src.api.replication.issue_marker(aim, "db01-dr-pit", f"m{i}")
         expected[m["id"]] = (f"m{i}", read_all(pair.src.api, "db01", size))
