@@ -28,7 +28,7 @@ class RecvBuffer:
             buf[:pending] = self.buf[self.start:self.end]
             self.buf = buf
             self.start, self.end = 0, pending
-        elif self.start + need > len(self.buf) or self.end == len(self.buf):  # no room behind: move to the front
+        elif self.start + need > len(self.buf) or self.end == len(self.buf):  # no room behind it
             self.buf[:pending] = self.buf[self.start:self.end]
             self.start, self.end = 0, pending
         old = self.sock.gettimeout() if timeout is not None else None
