@@ -15,7 +15,7 @@ import ssl
 import struct
 
 from . import frames
-from .recvbuf import RecvBuffer
+from .recvbuf import RecvBuffer, recv_exact
 
 GREETING = b"AIMSNAP1"
 MAX_MESSAGE = 64 * 1024
@@ -27,17 +27,6 @@ class WireError(Exception):
 
 def mac(token: str, *parts: bytes) -> str:
     return hmac.new(token.encode(), b"|".join(parts), hashlib.sha256).hexdigest()
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    while view:
-        got = sock.recv_into(view)
-        if got == 0:
-            raise ConnectionError("connection closed by peer")
-        view = view[got:]
-    return bytes(buf)
 
 
 def send_message(sock: socket.socket, obj: dict) -> None:

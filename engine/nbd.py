@@ -16,7 +16,7 @@ from typing import NamedTuple
 from . import exports
 from .errors import Conflict, EngineError, InvalidInput, NotFound
 from .listener import ThreadedListener
-from .recvbuf import RecvBuffer
+from .recvbuf import RecvBuffer, recv_exact
 
 log = logging.getLogger("aimsnap.nbd")
 
@@ -84,17 +84,17 @@ class NbdServer:
     # -- handshake ---------------------------------------------------------------------------------
     def _handshake(self, conn: socket.socket) -> exports.Export | None:
         conn.sendall(struct.pack(">QQH", NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
-        (client_flags,) = struct.unpack(">I", _recv_exact(conn, 4))
+        (client_flags,) = struct.unpack(">I", recv_exact(conn, 4))
         if client_flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES) or not client_flags & FLAG_FIXED_NEWSTYLE:
             raise ProtocolError(f"unsupported client flags {client_flags:#x}")
         no_zeroes = bool(client_flags & FLAG_NO_ZEROES)
         while True:
-            magic, opt, length = struct.unpack(">QII", _recv_exact(conn, 16))
+            magic, opt, length = struct.unpack(">QII", recv_exact(conn, 16))
             if magic != IHAVEOPT:
                 raise ProtocolError(f"bad option magic {magic:#x}")
             if length > MAX_OPTION_DATA:
                 raise ProtocolError(f"option data of {length} bytes is too long")
-            data = _recv_exact(conn, length)
+            data = recv_exact(conn, length)
             if opt == OPT_EXPORT_NAME:
                 try:
                     export = exports.resolve(self.node, data.decode())
@@ -240,7 +240,6 @@ class _Requests:
             magic, flags, cmd, handle, offset, length = _REQUEST.unpack_from(buf, pos)
             if magic != REQUEST_MAGIC:
                 raise ProtocolError(f"bad request magic {magic:#x}")
-            need = _REQUEST.size
             if cmd == CMD_WRITE:
                 if length > MAX_REQUEST:
                     raise ProtocolError(f"write of {length} bytes exceeds the {MAX_REQUEST} byte maximum")
@@ -285,17 +284,3 @@ def _outcome(export: exports.Export, call) -> tuple[int, bytes]:
 
 def _reply(conn: socket.socket, opt: int, rtype: int, data: bytes = b"") -> None:
     conn.sendall(struct.pack(">QIII", REPLY_MAGIC, opt, rtype, len(data)) + data)
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    _recv_into_exact(conn, memoryview(buf))
-    return bytes(buf)
-
-
-def _recv_into_exact(conn: socket.socket, view: memoryview) -> None:
-    while view:
-        n = conn.recv_into(view)
-        if n == 0:
-            raise ConnectionError("the client closed the connection")
-        view = view[n:]

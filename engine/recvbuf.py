@@ -1,6 +1,7 @@
-"""One reusable receive buffer for the two stream protocols the node serves (NBD requests, AIM
-frames): a ``recv`` brings as many messages as the peer has queued, and they are parsed in
-place, so that a batch of small messages costs one system call and no copies."""
+"""Receiving for the two stream protocols the node serves (NBD, AIM): one reusable buffer for the
+data phase, where a ``recv`` brings as many messages as the peer has queued and they are parsed
+in place (a batch of small messages costs one system call and no copies), and :func:`recv_exact`
+for the handshakes."""
 
 import socket
 
@@ -46,3 +47,15 @@ class RecvBuffer:
             raise ConnectionError("connection closed by peer")
         self.end += n
         return True
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes (a handshake field); ConnectionError if the peer closes first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    while view:
+        got = sock.recv_into(view)
+        if got == 0:
+            raise ConnectionError("connection closed by peer")
+        view = view[got:]
+    return bytes(buf)
