@@ -19,8 +19,8 @@ import tempfile
 from common import drop_caches, emit, median, peak_rss_mib, timed
 
 from engine import Node, parse_size
-from engine.bitmap import runs
-from engine.fsutil import copy_range
+from engine.storage.bitmap import runs
+from engine.storage.fsutil import copy_range
 
 BS = 64 * 1024
 FRACTIONS = (0.001, 0.01, 0.10, 1.0)

@@ -21,7 +21,7 @@ import time
 from common import emit, fio_iops, free_port, median, timed, vm_hwm_mib
 
 from engine import parse_size  # noqa: E402
-from orchestrator.localnode import start_node  # noqa: E402
+from orchestrator.demo.localnode import start_node  # noqa: E402
 
 
 def start_nbdkit(path: str) -> tuple[subprocess.Popen, str]:

@@ -19,7 +19,7 @@ from common import emit, median, topology
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import jsonschema  # noqa: E402
 
-from orchestrator.compile import compile_jobs  # noqa: E402
+from orchestrator.schedule.compile import compile_jobs  # noqa: E402
 from policies.schema import schema  # noqa: E402
 from policies.validate import load_policies  # noqa: E402
 

@@ -28,8 +28,8 @@ import time
 from common import emit, fio_iops, free_port, median, pin, timed, vm_hwm_mib
 
 from engine import parse_size  # noqa: E402
-from orchestrator.localnode import start_node  # noqa: E402
-from orchestrator.node_client import RemoteNode  # noqa: E402
+from orchestrator.demo.localnode import start_node  # noqa: E402
+from engine.client.remote import RemoteNode  # noqa: E402
 
 MiB = 1 << 20
 

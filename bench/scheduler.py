@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from common import emit, peak_rss_mib, topology
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from orchestrator.service import Orchestrator  # noqa: E402
+from orchestrator.schedule.service import Orchestrator  # noqa: E402
 from orchestrator.store import Store, iso  # noqa: E402
 
 

@@ -1,14 +1,13 @@
 """Make the nodes hold what the policy files declare: create what is missing, report drift,
 never delete anything. ``dry_run`` only looks (``apply --dry-run``, ``policy validate --check-nodes``)."""
 
-import threading
 from dataclasses import dataclass
 
 from engine import EngineError, NotFound, parse_size
+from engine.interface import NodeAPI
 from policies.model import Bundle, Resource
 
-from .cli_storage import read_token
-from .node_client import RemoteNode
+from .nodes import Nodes, read_token
 
 ORDER = ("volume", "snapshot", "snapshot_set", "aim_set", "group")
 
@@ -23,33 +22,6 @@ class Action:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-class Nodes:
-    """API clients for the declared nodes, one per node and thread (an HTTP connection is not
-    shared between threads), opened on first use."""
-
-    def __init__(self, bundle: Bundle) -> None:
-        self.bundle = bundle
-        self._local = threading.local()
-        self._all: list[RemoteNode] = []
-        self._lock = threading.Lock()
-
-    def __call__(self, name: str) -> RemoteNode:
-        clients = getattr(self._local, "clients", None)
-        if clients is None:
-            clients = self._local.clients = {}
-        if name not in clients:
-            spec = self.bundle.nodes[name]
-            clients[name] = RemoteNode(spec.api, read_token(spec.token_file))
-            with self._lock:
-                self._all.append(clients[name])
-        return clients[name]
-
-    def close(self) -> None:
-        with self._lock:
-            for c in self._all:
-                c.close()
 
 
 def reconcile(bundle: Bundle, *, dry_run: bool, nodes: Nodes | None = None) -> list[Action]:
@@ -84,7 +56,7 @@ def _one(bundle: Bundle, nodes: Nodes, r: Resource, dry_run: bool) -> Action:
     return Action(r.node, r.kind, r.name, "created")
 
 
-def _get(api: RemoteNode, r: Resource) -> dict:
+def _get(api: NodeAPI, r: Resource) -> dict:
     return {"volume": api.volume_info, "snapshot": api.snapshot_info, "snapshot_set": api.snapshot_set_info,
             "aim_set": api.replication.info, "group": api.replication.group_info}[r.kind](r.name)
 
@@ -111,7 +83,7 @@ def _drift(r: Resource, cur: dict) -> str:
     return ""
 
 
-def _create(bundle: Bundle, nodes: Nodes, api: RemoteNode, r: Resource) -> None:
+def _create(bundle: Bundle, nodes: Nodes, api: NodeAPI, r: Resource) -> None:
     s = r.spec
     if r.kind == "volume":
         api.create_volume(r.name, s["size"], s.get("block_size", 65536))

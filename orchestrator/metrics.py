@@ -14,7 +14,7 @@ class _Collector:
 
     def collect(self):
         runs = CounterMetricFamily("aimsnap_runs", "Runs by policy and status", labels=["policy", "status"])
-        for r in self.store.db.query("SELECT policy, status, COUNT(*) AS n FROM runs GROUP BY policy, status"):
+        for r in self.store.run_counts():
             runs.add_metric([r["policy"], r["status"]], r["n"])
         yield runs
         dur = GaugeMetricFamily("aimsnap_run_last_duration_seconds", "Duration of the last finished run",
@@ -28,17 +28,15 @@ class _Collector:
 
         for s in self.store.schedule():
             p = s["policy"]
-            row = self.store.db.execute("SELECT started_at, finished_at FROM runs WHERE policy=? AND finished_at "
-                                        "IS NOT NULL AND status IN ('ok','failed','timeout') ORDER BY id DESC LIMIT 1",
-                                        [p]).fetchone()
+            row = self.store.last_finished_run(p)
             if row:
-                dur.add_metric([p], age(row[0]) - age(row[1]))
+                dur.add_metric([p], age(row["started_at"]) - age(row["finished_at"]))
             point = self.store.newest_recovery_point(p)
             if point and point.get("issued_at"):
                 rpo.add_metric([p], age(point["issued_at"]))
-            ok = self.store.db.execute("SELECT MAX(finished_at) FROM runs WHERE policy=? AND status='ok'", [p]).fetchone()
-            if ok and ok[0]:
-                since.add_metric([p], age(ok[0]))
+            ok = self.store.last_success_at(p)
+            if ok:
+                since.add_metric([p], age(ok))
         yield dur
         yield rpo
         yield since

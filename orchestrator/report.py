@@ -13,7 +13,7 @@ COLORS = {"ok": "#2e7d32", "failed": "#c62828", "timeout": "#ef6c00", "skipped":
 def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str:
     now = now or datetime.now(timezone.utc)
     runs = list(reversed(store.history(limit=limit)))
-    markers = list(store.db.query("SELECT policy, issued_at FROM markers WHERE status='applied' ORDER BY issued_at"))
+    markers = store.applied_markers()
     policies = sorted({r["policy"] for r in runs})
     if not runs:
         body = "<p>No runs recorded yet.</p>"

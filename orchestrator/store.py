@@ -247,3 +247,45 @@ class Store:
         rows = list(self.db.query("SELECT * FROM markers WHERE policy=? AND status='applied' "
                                   "ORDER BY issued_at DESC LIMIT 1", [policy]))
         return rows[0] if rows else None
+
+    # -- summaries (status, metrics, the report and the demo read these) ------------------------------
+    def run_counts(self) -> list[dict]:
+        """Runs by policy and status: ``{"policy", "status", "n"}``."""
+        return list(self.db.query("SELECT policy, status, COUNT(*) AS n FROM runs GROUP BY policy, status"))
+
+    def last_finished_run(self, policy: str) -> dict | None:
+        rows = list(self.db.query("SELECT started_at, finished_at FROM runs WHERE policy=? AND finished_at IS NOT "
+                                  "NULL AND status IN ('ok','failed','timeout') ORDER BY id DESC LIMIT 1", [policy]))
+        return rows[0] if rows else None
+
+    def last_success_at(self, policy: str) -> str | None:
+        return self.db.execute("SELECT MAX(finished_at) FROM runs WHERE policy=? AND status='ok'",
+                               [policy]).fetchone()[0]
+
+    def finished_since(self, policy: str, after: datetime) -> bool:
+        """Whether a run of ``policy`` that started after ``after`` has finished."""
+        return bool(list(self.db.query("SELECT id FROM runs WHERE policy=? AND status!='running' AND started_at > ?",
+                                       [policy, iso(after)])))
+
+    def markers(self) -> list[dict]:
+        """Every recorded marker, oldest first."""
+        return list(self.db.query("SELECT * FROM markers ORDER BY issued_at"))
+
+    def applied_markers(self, policy: str | None = None) -> list[dict]:
+        if policy is None:
+            return list(self.db.query("SELECT policy, issued_at FROM markers WHERE status='applied' "
+                                      "ORDER BY issued_at"))
+        return list(self.db.query("SELECT policy, issued_at FROM markers WHERE policy=? AND status='applied' "
+                                  "ORDER BY issued_at", [policy]))
+
+    def recovery_points(self, policy: str) -> list[dict]:
+        """One row per run that made a recovery point (a group's members count once): the first
+        marker's issue and the last one's arrival."""
+        return list(self.db.query("SELECT MIN(issued_at) AS issued_at, MAX(applied_at) AS applied_at FROM markers "
+                                  "WHERE policy=? AND status='applied' GROUP BY run_id", [policy]))
+
+    def stalled(self) -> list[str]:
+        """The stall watchdog's messages for AIM sets whose latest report is 'stalled'."""
+        return [e["message"] for e in self.db.query(
+            "SELECT message, kind FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE kind IN "
+            "('stalled','recovered') GROUP BY json_extract(details, '$.aim_set'))") if e["kind"] == "stalled"]

@@ -4,9 +4,9 @@ through the control API client the CLI uses."""
 import signal
 import time
 
-from orchestrator.node_client import RemoteNode
+from engine.client.remote import RemoteNode
 
-from orchestrator.localnode import NodeProc, start_node
+from orchestrator.demo.localnode import NodeProc, start_node
 
 
 class Side:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from engine.interface import NodeAPI
 from policies.model import Bundle, Policy
 
 from ..store import Store
@@ -25,7 +26,7 @@ class ActionTimeout(ActionFailed):
 class ActionContext:
     policy: Policy
     bundle: Bundle
-    nodes: Callable[[str], object]  # node name -> a client with the engine's methods (RemoteNode)
+    nodes: Callable[[str], NodeAPI]  # node name -> its client
     store: Store
     run_id: int
     clock: Callable[[], datetime]

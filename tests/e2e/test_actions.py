@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 import pytest
 
 from orchestrator.actions import ActionContext, ActionFailed, ActionTimeout, run_action
-from orchestrator.apply import Nodes, reconcile
+from orchestrator.apply import reconcile
+from orchestrator.nodes import Nodes
 from orchestrator.store import Store
 from policies.validate import load_policies
 

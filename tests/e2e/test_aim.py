@@ -8,11 +8,11 @@ import threading
 import pytest
 
 from engine import Conflict, EngineError, InvalidInput
-from engine.aimwire import GREETING
+from engine.aim.wire import GREETING
 
 from ..aimpair import read_all, read_point
 from ..cli import aimsnap
-from engine.nbdclient import NbdClient
+from engine.client.nbd import NbdClient
 
 MiB = 1 << 20
 
@@ -136,7 +136,7 @@ def test_garbage_wrong_token_and_wrong_protocol_on_the_aim_port(pair):
         len(before["points"]) + 1
     assert pair.dst.api.read("g-dr", 0, 10) == b"still fine"
     assert "closing connection" in pair.dst.log()
-    metrics = pair.dst.api._request("GET", "/metrics").decode()
+    metrics = pair.dst.api.metrics()
     rejected = [line for line in metrics.splitlines() if line.startswith("aimsnap_aim_rejected_connections_total")]
     assert rejected and float(rejected[0].split()[-1]) >= 3
 
@@ -153,7 +153,7 @@ def test_group_marker_is_one_write_order_point(pair):
     errors = []
 
     def writer(offset: int) -> None:
-        from orchestrator.node_client import RemoteNode
+        from engine.client.remote import RemoteNode
         api = RemoteNode(pair.src.proc.api, pair.src.proc.token)
         i = 0
         try:
@@ -234,7 +234,7 @@ def test_pause_resume_and_cli(pair):
     assert aimsnap("marker", "list", "--aim-set", aim, "--json", env=env).json()[0]["state"] == "failed"
     listing = aimsnap("aim", "list", "--json", env=env).json()
     assert listing[0]["name"] == aim and listing[0]["state"] == "replicating"
-    metrics = pair.src.api._request("GET", "/metrics").decode()
+    metrics = pair.src.api.metrics()
     assert f'aimsnap_aim_state{{aim_set="{aim}",state="replicating"}} 1.0' in metrics
     assert f'aimsnap_aim_bytes_sent_total{{aim_set="{aim}"}}' in metrics
     with pytest.raises(InvalidInput):
@@ -252,8 +252,8 @@ def _self_signed(tmp_path, name: str) -> tuple[str, str]:
 
 @pytest.mark.skipif(not __import__("shutil").which("openssl"), reason="needs openssl to make a test certificate")
 def test_tls_on_the_aim_port(tmp_path):
-    from orchestrator.localnode import start_node
-    from orchestrator.node_client import RemoteNode
+    from orchestrator.demo.localnode import start_node
+    from engine.client.remote import RemoteNode
     cert, key = _self_signed(tmp_path, "dst")
     other, _ = _self_signed(tmp_path, "other")
     src = start_node(str(tmp_path / "src"))

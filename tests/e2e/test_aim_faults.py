@@ -110,6 +110,12 @@ def test_drop_the_connection_and_corrupt_frames(pair):
             def corrupt() -> None:
                 proxy.corrupt_next += 1
             c.round(i, corrupt)
+            # one corruption at a time: a pile of them would fail every reconnect in a row, and the
+            # sender's backoff (up to 30 s) would then be what this test measures
+            deadline = time.monotonic() + 10
+            while proxy.corrupt_next and time.monotonic() < deadline:
+                c.write()
+                time.sleep(0.05)
         assert c.verify() == len(c.expected)
         assert proxy.dropped >= ROUNDS and proxy.corrupted >= ROUNDS // 2
         assert "checksum mismatch" in pair.dst.log() or "bad frame" in pair.dst.log()
@@ -125,7 +131,7 @@ def test_journal_limit_overflow_and_resync(pair):
     api = pair.src.api
     overflows = 0
     for i in range(ROUNDS):
-        api.replication.pause(aim, True)
+        api.replication.pause(aim)
         pair.wait_state(aim, "paused")
         for _ in range(300):  # 1.2 MiB: past the limit
             c.write()
@@ -133,7 +139,7 @@ def test_journal_limit_overflow_and_resync(pair):
         assert info["overflowed"] and info["dirty_blocks"] > 0 and info["queued_bytes"] == 0
         overflows += 1
         c.marker(f"during{i}")
-        api.replication.pause(aim, False)
+        api.replication.resume(aim)
         c.round(i, lambda: None)  # a marker that may land in the resync
         pair.wait_caught_up(aim)
         c.marker(f"after{i}")

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from orchestrator.node_client import RemoteNode
+from engine.client.remote import RemoteNode
 
 from ..aimpair import read_all, read_point
-from orchestrator.localnode import start_node
+from orchestrator.demo.localnode import start_node
 
 TAG = os.getpid() % 100000
 NS, WAN = f"aimsnap-wan-{TAG}", f"aimsnap-link-{TAG}"

@@ -5,10 +5,10 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from engine.api import openapi
+from engine.serve.api import openapi
 
 from ..conftest import FULL
-from orchestrator.localnode import start_node
+from orchestrator.demo.localnode import start_node
 
 schema = schemathesis.openapi.from_dict(openapi())
 

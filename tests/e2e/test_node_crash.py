@@ -14,8 +14,8 @@ import pytest
 
 from ..cli import aimsnap
 from ..conftest import FULL
-from engine.nbdclient import NbdClient
-from orchestrator.localnode import start_node
+from engine.client.nbd import NbdClient
+from orchestrator.demo.localnode import start_node
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-io"), reason="needs qemu-utils (installed by .ci/run)")
 SLOT = 4096

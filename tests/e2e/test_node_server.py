@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 
 from ..cli import aimsnap
-from engine.nbdclient import NbdClient
-from orchestrator.localnode import start_node
+from engine.client.nbd import NbdClient
+from orchestrator.demo.localnode import start_node
 
 pytestmark = pytest.mark.skipif(not shutil.which("nbdcopy") or not shutil.which("qemu-img"),
                                 reason="needs libnbd-bin and qemu-utils (installed by .ci/run)")
@@ -117,7 +117,7 @@ def test_queued_requests_are_handled_in_order_as_one_batch(node):
     """A client with a queue depth sends many requests before reading a reply: the server takes
     them in one batch (consecutive writes land together) and must keep their order, fail only
     the bad one, and take a write larger than its receive buffer."""
-    from engine.nbdclient import CMD_FLUSH, CMD_READ, CMD_WRITE, FLAG_FUA
+    from engine.client.nbd import CMD_FLUSH, CMD_READ, CMD_WRITE, FLAG_FUA
     cli(node, "volume", "create", "v", "--size", "8MiB")
     c = NbdClient(node.nbd, "v")
     big = os.urandom(3 << 20)  # past the 1 MiB receive buffer: it grows

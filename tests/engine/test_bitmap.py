@@ -3,7 +3,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.bitmap import BlockBitmap, count_bits, runs
+from engine.storage.bitmap import BlockBitmap, count_bits, runs
 
 
 def _read_file_bits(path):

@@ -9,8 +9,8 @@ import tempfile
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine import frames, journal
-from engine.journal import Cursor, Journal
+from engine.aim import frames, journal
+from engine.aim.journal import Cursor, Journal
 
 
 class JournalModel(RuleBasedStateMachine):

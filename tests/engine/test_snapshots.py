@@ -78,7 +78,7 @@ def test_interrupted_increment_is_reported_and_repaired(root):
     with node.volume("v").lock:
         rel.begin_enable("t1")  # and then the process dies before copying
     node.meta.close()
-    os.close(node._lock_fd)  # drop the root lock the way a killed process would
+    node.files.release()  # drop the root lock the way a killed process would
     with Node(root) as again:
         info = again.snapshot_info("v-ci")
         assert info["state"] == "incomplete" and not info["consistent"]

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 
-from orchestrator.service import Orchestrator
+from orchestrator.schedule.service import Orchestrator
 
 POLICY = """\
 version: 1
@@ -223,7 +223,7 @@ def test_a_failing_marker_fails_the_run(tmp_path, status):
 
 def test_stall_watchdog(tmp_path):
     from orchestrator.store import Store
-    from orchestrator.watchdog import Watchdog
+    from orchestrator.schedule.watchdog import Watchdog
     store = Store(str(tmp_path / "w.db"))
     state = {"acked_seq": 10, "queued_entries": 5, "state": "disconnected", "last_error": "Connection refused"}
     dog = Watchdog(store, lambda: [("prod", "a")], lambda n, s: dict(state), stall_after=300)

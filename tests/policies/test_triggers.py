@@ -9,7 +9,7 @@ from croniter import croniter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.triggers import trigger_for
+from orchestrator.schedule.triggers import trigger_for
 from policies.errors import Where
 from policies.model import Policy
 

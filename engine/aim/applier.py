@@ -1,0 +1,162 @@
+"""The destination side of one AIM stream: plain synchronous code over a :class:`~.wire.Connection`.
+
+Applies entries to the destination volume in sequence order, acknowledges what is durable, and
+turns markers into enabled snapshots (or, for a group, one snapshot set once every member has
+arrived at the :class:`~.barriers.GroupBarriers`). Returns only by an exception: the source
+closed, the link failed, or a frame broke the protocol.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from ..errors import AlreadyExists, EngineError
+from ..storage.names import iso, utcnow
+from ..storage.storage import Storage
+from ..storage.volume import Volume
+from . import frames
+from .barriers import GroupBarriers
+from .wire import Connection, WireError
+
+log = logging.getLogger("aimsnap.aim.receiver")
+ACK_EVERY_BYTES = 8 << 20
+ACK_DELAY = 0.01  # seconds of quiet before applied writes are flushed and acknowledged
+
+
+@dataclass
+class Binding:
+    """Which AIM set replicates into which volume here, and how far it has been applied."""
+
+    set_id: str
+    set_name: str
+    volume: str
+    applied_seq: int
+    consistent_from: int
+    resyncing: bool
+
+
+class Applier:
+    def __init__(self, storage: Storage, groups: GroupBarriers, conn: Connection, binding: Binding) -> None:
+        self.storage, self.meta, self.groups, self.conn, self.b = storage, storage.meta, groups, conn, binding
+
+    def run(self) -> None:
+        b, conn, meta = self.b, self.conn, self.meta
+        vol = self.storage.volume(b.volume)
+        applied = acked = b.applied_seq
+        unacked_bytes = 0
+        while True:
+            # a short pause in the stream is not idleness: one fdatasync covers what comes within it
+            batch = conn.batch(wait=ACK_DELAY if applied != acked else None)
+            if (not batch or unacked_bytes >= ACK_EVERY_BYTES) and applied != acked:
+                vol.flush()  # idle, or enough is unacknowledged: make it durable, then say so
+                meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", applied, b.set_id)
+                acked, unacked_bytes = applied, 0
+                self.ack(applied, [])
+            writes: list[tuple[int, memoryview]] = []  # a run of writes lands as one batch
+            for f in batch:
+                if f.type == frames.WRITE and _in_order(f, applied):
+                    writes.append((f.offset, f.payload))  # type: ignore[arg-type]
+                    applied = f.seq
+                    unacked_bytes += len(f.payload)
+                    continue
+                if writes:
+                    vol.apply_writes(writes)
+                    writes = []
+                if f.type == frames.ZERO and _in_order(f, applied):
+                    vol.apply_zeroes(f.offset, f.length)
+                    applied = f.seq
+                elif f.type == frames.MARKER and _in_order(f, applied):
+                    result = self.marker(vol, f)
+                    applied = acked = f.seq
+                    unacked_bytes = 0
+                    self.ack(applied, [result])
+                elif f.type == frames.RESYNC_BEGIN:
+                    meta.execute("UPDATE aim_targets SET resyncing=1 WHERE set_id=?", b.set_id)
+                elif f.type == frames.RESYNC_BLOCK:
+                    vol.apply_write(f.offset, f.payload)
+                elif f.type == frames.RESYNC_END:
+                    info = json.loads(f.payload)
+                    vol.flush()
+                    b.consistent_from, applied = int(info["consistent_from"]), f.seq
+                    meta.execute("UPDATE aim_targets SET resyncing=0, applied_seq=?, consistent_from=? "
+                                 "WHERE set_id=?", applied, b.consistent_from, b.set_id)
+                    acked = applied
+                    self.ack(applied, [])
+                elif f.type == frames.HEARTBEAT and applied == acked:
+                    self.ack(applied, [])  # tells the source we are alive and where we are
+            if writes:
+                vol.apply_writes(writes)
+
+    def ack(self, seq: int, markers: list[dict]) -> None:
+        payload = json.dumps({"markers": markers}).encode() if markers else b""
+        self.conn.send(frames.Frame(frames.ACK, seq, 0, time.time_ns(), payload))
+
+    # -- markers -----------------------------------------------------------------------------------------
+    def marker(self, vol: Volume, f: frames.Frame) -> dict:
+        """Everything before the marker is applied: flush, enable the pre-configured snapshot (or
+        the group's snapshot set), and record the result with the new applied position atomically."""
+        b = self.b
+        m = json.loads(f.payload)
+        key = str(m["id"])
+        row = self.meta.one("SELECT result FROM applied_markers WHERE set_id=? AND marker_id=?", b.set_id, key)
+        if row:
+            return json.loads(row["result"])
+        vol.flush()
+        if f.seq < b.consistent_from:
+            result = {"state": "failed", "error": "the marker was issued during a resynchronisation: the destination "
+                                                  "image was not consistent at that point"}
+        elif m.get("group"):
+            g = m["group"]
+            result = self.groups.arrive(g["id"], b.set_id, g["members"],
+                                        lambda: self.enable_set(g["snapshot_set"], m))
+        else:
+            result = self.enable(vol, m)
+        result = {"id": m["id"], "group_marker": (m.get("group") or {}).get("id"), **result}
+        with self.meta.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO applied_markers VALUES (?,?,?)", (b.set_id, key, json.dumps(result)))
+            db.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", (f.seq, b.set_id))
+        log.info("aim %s: marker %s %s%s", b.set_name, m["id"], result["state"],
+                 f" ({result.get('error')})" if result.get("error") else "")
+        return result
+
+    def enable(self, vol: Volume, m: dict) -> dict:
+        name = m.get("snapshot")
+        rel = self.storage.snapshots.get(name) if name else None
+        if rel is None:
+            return {"state": "failed", "error": f"snapshot {name!r} is not pre-configured on the destination node"}
+        if rel.source is not vol:
+            return {"state": "failed", "error": f"snapshot {name!r} is a snapshot of {rel.source.name!r}, "
+                                               f"not of the destination volume {vol.name!r}"}
+        point = point_name(m) if rel.type == "differential" else None
+        try:
+            r = self.storage.enable_snapshot(name, point)
+        except AlreadyExists:  # enabled before a crash that came before recording it
+            r = {"point": point, "enabled_at": None}
+        except EngineError as e:
+            return {"state": "failed", "error": str(e)}
+        return {"state": "applied", "point": r["point"], "applied_at": r["enabled_at"] or iso(utcnow())}
+
+    def enable_set(self, set_name: str, m: dict) -> dict:
+        try:
+            r = self.storage.enable_snapshot_set(set_name, point_name(m))
+        except AlreadyExists:
+            return {"state": "applied", "point": point_name(m), "applied_at": iso(utcnow())}
+        except EngineError as e:
+            return {"state": "failed", "error": str(e)}
+        return {"state": "applied", "point": r["point"], "applied_at": r["enabled_at"]}
+
+
+def point_name(m: dict) -> str:
+    """LABEL.TIMESTAMP, or the timestamp: unique per marker (the source never stamps two markers
+    in the same millisecond), so a point that already exists was made by this very marker."""
+    return f"{m['label']}.{m['point']}" if m.get("label") else m["point"]
+
+
+def _in_order(f: frames.Frame, applied: int) -> bool:
+    """Whether a journal entry is the next to apply; False for one applied before a reconnect."""
+    if f.seq <= applied:
+        return False
+    if f.seq != applied + 1:
+        raise WireError(f"sequence gap: expected {applied + 1}, got {f.seq}")
+    return True

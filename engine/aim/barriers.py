@@ -1,0 +1,54 @@
+"""Group markers at the destination: every member's applier waits at the barrier until all have
+reached the marker; the last one enables the snapshot set. Results are kept in node.db for late
+or repeated arrivals."""
+
+import json
+import threading
+import time
+from collections.abc import Callable
+
+from ..storage.meta import Meta
+
+GROUP_TIMEOUT = 300.0
+
+
+class GroupBarriers:
+    """Members of a group marker wait here until all have reached it; the last one enables the
+    snapshot set. A result, once known, is kept in the node's metadata for late or repeated arrivals."""
+
+    def __init__(self, meta: Meta, timeout: float = GROUP_TIMEOUT) -> None:
+        self.meta, self.timeout = meta, timeout
+        self.cond = threading.Condition()
+        self.arrived: dict[str, set[str]] = {}
+        self.results: dict[str, dict] = {}
+
+    def stored(self, key: str) -> dict | None:
+        row = self.meta.one("SELECT result FROM applied_group_markers WHERE group_marker=?", key)
+        return json.loads(row["result"]) if row else None
+
+    def arrive(self, key: str, me: str, members: list[str], enable: Callable[[], dict]) -> dict:
+        with self.cond:
+            result = self.results.get(key) or self.stored(key)
+            if result is not None:
+                return result
+            self.arrived.setdefault(key, set()).add(me)
+            if self.arrived[key] >= set(members):
+                result = enable()
+                self._finish(key, result)
+                return result
+            deadline = time.monotonic() + self.timeout
+            while key not in self.results:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = sorted(set(members) - self.arrived[key])
+                    self._finish(key, {"state": "failed", "error": f"group member(s) {', '.join(missing)} did not "
+                                       f"reach the marker within {self.timeout:.0f}s"})
+                    break
+                self.cond.wait(left)
+            return self.results[key]
+
+    def _finish(self, key: str, result: dict) -> None:
+        self.results[key] = result
+        self.arrived.pop(key, None)
+        self.meta.execute("INSERT OR REPLACE INTO applied_group_markers VALUES (?,?)", key, json.dumps(result))
+        self.cond.notify_all()

@@ -1,0 +1,128 @@
+"""The source's ledger of markers: issuing them into AIM sets' write streams, recording what the
+destination answered, and waiting for an answer. Rows in ``markers`` (node.db)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from ..errors import InvalidInput, NotFound
+from ..storage.meta import Meta
+from ..storage.names import Clock, check_label, iso, point_stamp
+
+if TYPE_CHECKING:
+    from .aimset import AimSet
+
+MAX_LABEL = 100  # a point is named LABEL.TIMESTAMP, at most 128 characters
+
+
+class Markers:
+    def __init__(self, meta: Meta, clock: Clock) -> None:
+        self.meta, self.clock = meta, clock
+        self.waiters = threading.Condition()  # notified on every result
+        self._stamp_lock = threading.Lock()  # guards _last_stamp
+        self._last_stamp: datetime | None = None
+
+    def fail_unsequenced(self) -> None:
+        """At load: markers whose row was committed but which never reached a journal."""
+        self.meta.execute("UPDATE markers SET state='failed', error='lost in a crash before it was journaled' "
+                          "WHERE state='issued' AND seq IS NULL")
+
+    def issue(self, sets: list[AimSet], *, snapshot: str | None = None, group: str | None = None,
+              snapshot_set: str | None = None, label: str | None = None) -> list[dict]:
+        """One marker in each set's journal (the caller holds their volume locks: one write-order point)."""
+        check_label("marker", label, MAX_LABEL)
+        if group is None and not snapshot:
+            raise InvalidInput("a marker names the destination snapshot to enable (--snapshot)")
+        now = self._issue_time()
+        group_id = uuid.uuid4().hex if group else None
+        rows = []
+        for aim in sets:
+            with self.meta.transaction() as db:
+                cur = db.execute("INSERT INTO markers (aim_set, group_name, group_marker, snapshot, snapshot_set, "
+                                 "label, state, issued_at) VALUES (?,?,?,?,?,?,?,?)",
+                                 (aim.name, group, group_id, snapshot, snapshot_set, label, "issued", iso(now)))
+                marker_id = cur.lastrowid
+            if aim.record.overflowed:
+                self.result(marker_id, {"state": "failed", "error": f"AIM set {aim.name!r} is tracking dirty "
+                                        "blocks (its initial sync, or the journal limit was reached): markers "
+                                        "resume after the resync"})
+            else:
+                payload: dict = {"id": marker_id, "snapshot": snapshot, "label": label, "point": point_stamp(now),
+                                 "issued_at": iso(now)}
+                if group:
+                    payload["group"] = {"id": group_id, "name": group, "snapshot_set": snapshot_set,
+                                        "members": [a.record.id for a in sets]}
+                seq = aim.observer.append_marker(payload)
+                self.meta.execute("UPDATE markers SET seq=? WHERE id=?", seq, marker_id)
+            rows.append(self.marker(marker_id))
+        return rows
+
+    def _issue_time(self) -> datetime:
+        """Now, but at least 1 ms after the previous marker: the destination names points by the
+        millisecond, and two markers must never share a point name."""
+        with self._stamp_lock:
+            now = self.clock()
+            if self._last_stamp is not None and now < self._last_stamp + timedelta(milliseconds=1):
+                now = self._last_stamp + timedelta(milliseconds=1)
+            self._last_stamp = now
+            return now
+
+    def result(self, marker_id: int, result: dict) -> None:
+        self.meta.execute("UPDATE markers SET state=?, applied_at=?, point=?, error=? WHERE id=? AND state='issued'",
+                          result["state"], result.get("applied_at"), result.get("point"), result.get("error"),
+                          marker_id)
+        with self.waiters:
+            self.waiters.notify_all()
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def marker(self, marker_id: int | str) -> dict:
+        try:
+            row = self.meta.one("SELECT * FROM markers WHERE id=?", int(marker_id))
+        except (TypeError, ValueError):
+            row = None
+        if row is None:
+            raise NotFound(f"marker {marker_id!r} does not exist")
+        return row
+
+    def group_marker(self, group_marker: str) -> dict:
+        rows = self.meta.query("SELECT * FROM markers WHERE group_marker=? ORDER BY id", group_marker)
+        if not rows:
+            raise NotFound(f"group marker {group_marker!r} does not exist")
+        states = {r["state"] for r in rows}
+        state = "failed" if "failed" in states else ("issued" if "issued" in states else "applied")
+        errors = sorted({r["error"] for r in rows if r["error"]})
+        return {"id": group_marker, "group": rows[0]["group_name"], "snapshot_set": rows[0]["snapshot_set"],
+                "state": state, "issued_at": rows[0]["issued_at"],
+                "applied_at": max((r["applied_at"] or "" for r in rows), default=None) or None,
+                "point": rows[0]["point"], "error": "; ".join(errors) or None, "members": rows}
+
+    def show(self, ref: str) -> dict:
+        return self.marker(ref) if str(ref).isdigit() else self.group_marker(ref)
+
+    def wait(self, ref: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        with self.waiters:
+            while True:
+                m = self.show(ref)
+                left = deadline - time.monotonic()
+                if m["state"] != "issued" or left <= 0:
+                    return m
+                self.waiters.wait(min(left, 1.0))
+
+    def list(self, aim_set: str | None, limit: int) -> list[dict]:
+        if aim_set:
+            return self.meta.query("SELECT * FROM markers WHERE aim_set=? ORDER BY id DESC LIMIT ?", aim_set, limit)
+        return self.meta.query("SELECT * FROM markers ORDER BY id DESC LIMIT ?", limit)
+
+    def outstanding(self, aim_set: str) -> list[int]:
+        """Journaled markers still waiting for the destination's answer (at most 1,000)."""
+        return [r["id"] for r in self.meta.query("SELECT id FROM markers WHERE aim_set=? AND state='issued' AND "
+                                                 "seq IS NOT NULL ORDER BY id LIMIT 1000", aim_set)]
+
+    def last_applied(self, aim_set: str) -> dict | None:
+        return self.meta.one("SELECT id, applied_at, point, snapshot, snapshot_set FROM markers WHERE aim_set=? "
+                             "AND state='applied' ORDER BY id DESC LIMIT 1", aim_set)

@@ -1,0 +1,267 @@
+"""A node's AIM sets and groups at the source: creating, loading, pausing and deleting them, and
+placing markers (one set, or one write-order point across a group's members).
+
+Each set is an :class:`~.aimset.AimSet`; markers are kept by :class:`~.markers.Markers`. What
+this needs of the node's storage is :class:`~engine.storage.storage.Storage`; the destination
+side (the AIM port) is :mod:`.receiver`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+
+from ..errors import AlreadyExists, Conflict, EngineError, InvalidInput, NotFound
+from ..net import tls as tlsctx
+from ..storage.bitmap import BlockBitmap
+from ..storage.fsutil import data_extents
+from ..storage.names import check_name, iso
+from ..storage.storage import Storage
+from ..storage.units import parse_size
+from ..storage.volume import barrier
+from . import wire
+from .aimset import AimSet
+from .markers import Markers
+from .state import Record
+from .wire import WireError
+
+log = logging.getLogger("aimsnap.aim")
+TO_RE = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})/(?P<volume>[^/\s]+)$")
+DEFAULT_JOURNAL_LIMIT = 1 << 30
+
+
+def parse_to(text: str) -> tuple[str, int, str]:
+    m = TO_RE.match(text or "")
+    if not m or int(m["port"]) > 65535:
+        raise InvalidInput(f"invalid --to {text!r}: write HOST:AIMPORT/DESTVOLUME, e.g. 10.0.0.2:7411/db01-dr")
+    return m["host"].strip("[]"), int(m["port"]), m["volume"]
+
+
+class Replication:
+    """Every AIM set, group and marker of a node (source side)."""
+
+    def __init__(self, storage: Storage, *, connect: wire.Connector = wire.connect,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self.storage, self.meta = storage, storage.meta
+        self.connect, self.sleep = connect, sleep
+        self.sets: dict[str, AimSet] = {}
+        self.ledger = Markers(storage.meta, storage.clock)
+        self.serving = False
+
+    def load(self) -> None:
+        """Attach every AIM set to its volume and replay what a crash may have cut short. Senders
+        start only in a serving node (:meth:`start`): a CLI process on the root just journals."""
+        for row in self.meta.query("SELECT * FROM aim_sets ORDER BY created_at"):
+            aim = self._open(Record.from_row(row))
+            if self.storage.unclean_machine_restart:  # the page cache was lost: trust nothing, resync
+                aim.observer.track_all()
+            aim.volume.observers.append(aim.observer)
+            replayed = aim.observer.replay()
+            if replayed:
+                log.info("aim %s: replayed %d journal entries into %s after an unclean stop",
+                         aim.name, replayed, aim.volume.name)
+        self.ledger.fail_unsequenced()
+        for row in self.meta.query("SELECT set_name, volume FROM aim_targets"):  # destination side
+            if row["volume"] in self.storage.volumes:
+                self.storage.volumes[row["volume"]].replica_of = row["set_name"]
+        for name in os.listdir(self.storage.files.sub("aim")):
+            if name not in self.sets:
+                shutil.rmtree(self.storage.files.aim_set(name), ignore_errors=True)
+
+    def _open(self, record: Record) -> AimSet:
+        aim = AimSet(record, self.storage.volumes[record.source], self.storage.files.aim_set(record.name),
+                     self.meta, self.ledger, connect=self.connect, sleep=self.sleep)
+        self.sets[record.name] = aim
+        return aim
+
+    def start(self) -> None:
+        self.serving = True
+        for aim in self.sets.values():
+            aim.start()
+
+    def close(self) -> None:
+        for aim in self.sets.values():
+            aim.stop()
+        for aim in self.sets.values():
+            aim.volume.flush()
+            aim.observer.checkpoint()
+            self._detach(aim)
+
+    def _detach(self, aim: AimSet) -> None:
+        aim.stop()
+        with aim.volume.lock:
+            aim.volume.observers.remove(aim.observer)
+        aim.close()
+
+    def aim_set(self, name: str) -> AimSet:
+        try:
+            return self.sets[name]
+        except KeyError:
+            raise NotFound(f"AIM set {name!r} does not exist") from None
+
+    # -- AIM sets ----------------------------------------------------------------------------------------
+    def create(self, name: str, source: str, to: str, token: str, journal_limit: str | int | None = None,
+               tls_ca: str | None = None) -> dict:
+        """``tls_ca``: the PEM text of the certificate (or CA) the destination's AIM port must present."""
+        check_name("AIM set", name)
+        host, port, dest_volume = parse_to(to)
+        limit = parse_size(journal_limit if journal_limit is not None else DEFAULT_JOURNAL_LIMIT)
+        if limit < 1 << 20:
+            raise InvalidInput(f"invalid journal limit {journal_limit!r}: at least 1MiB")
+        if not token or len(token) < 16:
+            raise InvalidInput("the destination token is missing or too short (give --to-token-file)")
+        with self.storage.lock:
+            vol = self.storage.volume(source)
+            if name in self.sets:
+                raise AlreadyExists(f"AIM set {name!r} already exists")
+            if any(a.volume is vol for a in self.sets.values()):
+                raise Conflict(f"volume {source!r} is already the source of an AIM set")
+            if vol.replica_of:
+                raise Conflict(f"volume {source!r} is itself an AIM destination")
+            set_id = uuid.uuid4().hex
+            d = self.storage.files.aim_set(name)
+            shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(d)
+            tls = None
+            if tls_ca:
+                with open(os.path.join(d, "dest-ca.pem"), "w") as f:
+                    f.write(tls_ca)
+                try:
+                    tls = tlsctx.client_tls(os.path.join(d, "dest-ca.pem"))
+                except (OSError, ValueError) as e:
+                    shutil.rmtree(d, ignore_errors=True)
+                    raise InvalidInput(f"the destination TLS certificate is not usable: {e}") from None
+            try:
+                self._call_destination(host, port, token, {"op": "claim", "set_id": set_id, "set_name": name,
+                                                           "volume": dest_volume, "size": vol.size,
+                                                           "source": f"{source}"}, tls)
+            except EngineError:
+                shutil.rmtree(d, ignore_errors=True)
+                raise
+            fd = os.open(os.path.join(d, "dest.token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token)
+            record = Record(name, set_id, source, host, port, dest_volume, limit, tls is not None,
+                            iso(self.storage.clock()))
+            with vol.lock:  # the initial sync copies every block written so far
+                bs = vol.block_size
+                BlockBitmap.create(os.path.join(d, "dirty.bm"), vol.nblocks,
+                                   ((s // bs, (e - 1) // bs) for s, e in data_extents(vol.fd, vol.size))).close()
+                record.insert(self.meta)
+                aim = self._open(record)
+                vol.observers.append(aim.observer)
+            if self.serving:
+                aim.start()
+            return self.info(name)
+
+    def _call_destination(self, host: str, port: int, token: str, hello: dict, tls=None) -> dict:
+        try:
+            with self.connect(host, port, tls=tls) as sock:
+                return wire.client_handshake(sock, token, hello)
+        except WireError as e:
+            raise Conflict(f"destination {host}:{port} refused: {e}") from None
+        except OSError as e:
+            raise EngineError(f"destination AIM port {host}:{port} is unreachable: {e.strerror or e}") from None
+
+    def info(self, name: str) -> dict:
+        aim = self.aim_set(name)
+        groups = [r["group_name"] for r in self.meta.query(
+            "SELECT group_name FROM group_members WHERE aim_set=? ORDER BY group_name", name)]
+        return {**aim.status(), "id": aim.record.id, "paused": aim.record.paused, "groups": groups}
+
+    def list(self) -> list[dict]:
+        return [self.info(n) for n in sorted(self.sets)]
+
+    def of_volume(self, volume: str) -> list[str]:
+        return sorted(a.name for a in self.sets.values() if a.volume.name == volume)
+
+    def delete(self, name: str) -> None:
+        with self.storage.lock:
+            aim = self.aim_set(name)
+            groups = self.info(name)["groups"]
+            if groups:
+                raise Conflict(f"AIM set {name!r} is a member of group(s) {', '.join(groups)}: delete those first")
+            self._detach(aim)
+            rec = aim.record
+            try:
+                self._call_destination(rec.dest_host, rec.dest_port, aim.token, {"op": "release", "set_id": rec.id},
+                                       aim.tls)
+            except EngineError as e:
+                log.warning("aim %s: could not release the destination volume: %s", name, e)
+            self.meta.execute("DELETE FROM aim_sets WHERE name=?", name)
+            del self.sets[name]
+            shutil.rmtree(self.storage.files.aim_set(name), ignore_errors=True)
+
+    def pause(self, name: str) -> dict:
+        """Stop shipping; the journal keeps growing (up to its limit)."""
+        self.aim_set(name).set_paused(True)
+        return self.info(name)
+
+    def resume(self, name: str) -> dict:
+        self.aim_set(name).set_paused(False)
+        return self.info(name)
+
+    # -- groups --------------------------------------------------------------------------------------------
+    def create_group(self, name: str, members: list[str]) -> dict:
+        check_name("group", name)
+        if len(members) < 1 or len(set(members)) != len(members):
+            raise InvalidInput(f"group {name!r} needs distinct members")
+        with self.storage.lock:
+            for m in members:
+                self.aim_set(m)
+            if self.meta.one("SELECT name FROM groups WHERE name=?", name):
+                raise AlreadyExists(f"group {name!r} already exists")
+            with self.meta.transaction() as db:
+                db.execute("INSERT INTO groups VALUES (?,?)", (name, iso(self.storage.clock())))
+                for i, m in enumerate(members):
+                    db.execute("INSERT INTO group_members VALUES (?,?,?)", (name, m, i))
+        return self.group_info(name)
+
+    def group_members(self, name: str) -> list[str]:
+        if not self.meta.one("SELECT name FROM groups WHERE name=?", name):
+            raise NotFound(f"group {name!r} does not exist")
+        return [r["aim_set"] for r in self.meta.query(
+            "SELECT aim_set FROM group_members WHERE group_name=? ORDER BY position", name)]
+
+    def group_info(self, name: str) -> dict:
+        return {"name": name, "members": self.group_members(name)}
+
+    def list_groups(self) -> list[dict]:
+        return [self.group_info(r["name"]) for r in self.meta.query("SELECT name FROM groups ORDER BY name")]
+
+    def delete_group(self, name: str) -> None:
+        self.group_members(name)
+        with self.meta.transaction() as db:
+            db.execute("DELETE FROM group_members WHERE group_name=?", (name,))
+            db.execute("DELETE FROM groups WHERE name=?", (name,))
+
+    # -- markers -------------------------------------------------------------------------------------------
+    def issue_marker(self, aim_set: str, snapshot: str | None, label: str | None = None) -> dict:
+        aim = self.aim_set(aim_set)
+        with aim.volume.lock:
+            return self.ledger.issue([aim], snapshot=snapshot, label=label)[0]
+
+    def issue_group_marker(self, group: str, snapshot_set: str, label: str | None = None) -> dict:
+        """One write-order point across every member: all their source volumes are locked while
+        the marker goes into each journal."""
+        members = [self.aim_set(m) for m in self.group_members(group)]
+        if not snapshot_set:
+            raise InvalidInput("a group marker names the destination snapshot set to enable (--snapshot-set)")
+        with barrier(a.volume for a in members):
+            rows = self.ledger.issue(members, group=group, snapshot_set=snapshot_set, label=label)
+        return self.ledger.group_marker(rows[0]["group_marker"])
+
+    def markers(self, aim_set: str | None = None, limit: int = 100) -> list[dict]:
+        if aim_set:
+            self.aim_set(aim_set)
+        return self.ledger.list(aim_set, limit)
+
+    def show(self, ref: str) -> dict:
+        return self.ledger.show(ref)
+
+    def wait(self, ref: str, timeout: float) -> dict:
+        return self.ledger.wait(ref, timeout)

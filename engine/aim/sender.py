@@ -1,0 +1,226 @@
+"""The source side of one AIM connection: plain synchronous code over a :class:`~.wire.Connection`.
+
+:meth:`Sender.step` is one connection's life: connect and authenticate, take the results of
+markers whose acknowledgement was lost, resynchronise if needed (copying only dirty blocks), then
+stream the journal from the destination's durable position while a second thread reads its
+acknowledgements. It returns when the set is paused or closing and raises on any fault; the
+:class:`~.supervisor.Supervisor` around it reports the fault and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..storage.bitmap import runs
+from ..storage.fsutil import data_extents
+from ..storage.volume import pread_all
+from . import frames, wire
+from .journal import Cursor
+from .state import State
+from .wire import Connection, WireError
+
+if TYPE_CHECKING:
+    from .aimset import AimSet
+
+log = logging.getLogger("aimsnap.aim")
+HEARTBEAT_SECONDS = 2.0
+RESYNC_RUN_BLOCKS = 64
+SMALL_BATCH = 1 << 20
+BATCH_DELAY = 0.002
+STREAM_TIMEOUT = 120.0  # the destination acknowledges or answers a heartbeat well within this
+ACK_PERSIST_SECONDS = 1.0
+Connect = Callable[[], Connection]
+
+
+class Sender:
+    def __init__(self, aim: AimSet, connect: Connect, *, heartbeat: float = HEARTBEAT_SECONDS,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.aim, self.connect, self.heartbeat, self.monotonic = aim, connect, heartbeat, monotonic
+        self.obs = aim.observer
+        self.conn: Connection | None = None
+        self.ack_error: str | None = None  # why the ack reader stopped
+        self._persisted_at = 0.0
+
+    @property
+    def active(self) -> bool:
+        return not (self.aim.closing or self.aim.record.paused)
+
+    def drop(self) -> None:
+        """Cut the current connection (pause, overflow, stop): the session's IO fails at once."""
+        if self.conn is not None:
+            self.conn.shutdown()
+
+    # -- one connection ------------------------------------------------------------------------------
+    def step(self) -> None:
+        aim = self.aim
+        if aim.record.paused:
+            aim.state = State.PAUSED
+            aim.supervisor.sleep(1.0)
+            return
+        conn = self.connect()
+        self.conn = conn
+        try:
+            answer = wire.client_handshake(conn.sock, aim.token, {
+                "op": "stream", "set_id": aim.record.id, "set_name": aim.name,
+                # markers the destination may have applied while their acknowledgement was lost
+                "outstanding_markers": aim.markers.outstanding(aim.name)})
+            for result in answer.get("marker_results", []):
+                aim.markers.result(result["id"], result)
+            conn.settimeout(STREAM_TIMEOUT)
+            aim.supervisor.healthy()
+            self.session(conn, int(answer.get("applied_seq", 0)), bool(answer.get("resyncing")))
+        except BaseException:
+            if not self.active:
+                return  # paused or closing cut the connection: not a fault
+            raise
+        finally:
+            self.conn = None
+            conn.close()
+            if not aim.record.paused:
+                aim.state = State.DISCONNECTED
+
+    def session(self, conn: Connection, dest_applied: int, dest_resyncing: bool) -> None:
+        aim, rec, obs = self.aim, self.aim.record, self.obs
+        epoch = obs.epoch
+        lost = dest_applied < rec.acked_seq  # the destination lost acknowledged data: start over
+        if lost:
+            log.warning("aim %s: destination is at %d, behind the acknowledged %d: full resync",
+                        aim.name, dest_applied, rec.acked_seq)
+        if rec.overflowed or rec.resync_from is not None or dest_resyncing or lost:
+            # a destination resyncing on its own (restored, or re-created) gets every block
+            full = lost or (dest_resyncing and not rec.overflowed and rec.resync_from is None)
+            start = self.resync(conn, full=full, epoch=epoch)
+        else:
+            start = dest_applied + 1
+            with obs.volume.lock:
+                rec.acked_seq = dest_applied
+                obs.backlog.reset(dest_applied)
+                obs.journal.reclaim(dest_applied)
+            rec.save(aim.meta)
+        aim.state = State.REPLICATING
+        reader = threading.Thread(target=self.read_acks, args=(conn,), name=f"aim-acks-{aim.name}", daemon=True)
+        reader.start()
+        cursor = Cursor(obs.journal, start)
+        try:
+            self.stream(conn, cursor, reader, epoch)
+        finally:
+            cursor.close()
+            conn.shutdown()
+            reader.join(10)
+
+    def stream(self, conn: Connection, cursor: Cursor, reader: threading.Thread, epoch: int) -> None:
+        rec, obs = self.aim.record, self.obs
+        while self.active and epoch == obs.epoch and reader.is_alive():
+            sent, range_bytes, iteration_bytes = False, 0, 0
+            landed, tail_first, tail_size = obs.landed
+            for first, last, time_ns, f, pos, count in cursor.ranges(landed, tail_first, tail_size):
+                conn.ship(f, pos, count)
+                rec.bytes_sent += count
+                range_bytes += count
+                iteration_bytes += count
+                sent = True
+                if last:
+                    obs.backlog.sent(last, last - first + 1, range_bytes, time_ns)
+                    range_bytes = 0
+                if epoch != obs.epoch:
+                    break
+            if sent and iteration_bytes < SMALL_BATCH:
+                # a trickle (small random writes, however many are in flight): let it gather into
+                # one send; a sender looping on a few entries at a time takes the interpreter from
+                # the write path (measured: a third of a core, and 4x fewer IOPS)
+                time.sleep(BATCH_DELAY)
+            if not sent:
+                with obs.cond:
+                    obs.sender_idle = True
+                    if cursor.seq > obs.landed[0]:  # re-read after saying so: publish() sees one or the other
+                        obs.cond.wait(self.heartbeat)
+                    obs.sender_idle = False
+                if cursor.seq > obs.landed[0]:
+                    rec.bytes_sent += conn.send(frames.Frame(frames.HEARTBEAT, time_ns=time.time_ns()))
+        if not reader.is_alive() and self.active:
+            raise ConnectionError(self.ack_error or "the destination closed the stream")
+        if self.active and epoch == obs.epoch:
+            raise ConnectionError("stream ended")
+
+    # -- acknowledgements ------------------------------------------------------------------------------
+    def read_acks(self, conn: Connection) -> None:
+        self.ack_error = None
+        try:
+            while True:
+                f = conn.recv()
+                if f.type != frames.ACK:
+                    raise WireError(f"unexpected {frames.NAMES[f.type]} frame from the destination")
+                self.acknowledged(f.seq)
+                if f.payload:
+                    for result in json.loads(f.payload).get("markers", []):
+                        self.aim.markers.result(result["id"], result)
+        except (OSError, WireError, ValueError) as e:
+            self.ack_error = str(e) or type(e).__name__
+        finally:
+            conn.shutdown()  # the stream stops too
+
+    def acknowledged(self, seq: int) -> None:
+        rec, obs = self.aim.record, self.obs
+        if seq <= rec.acked_seq:
+            return
+        with obs.volume.lock:  # the counters are also moved by appends, under this lock
+            obs.backlog.acknowledged(seq)
+            rec.acked_seq = seq
+            obs.journal.reclaim(seq)
+        # persisted at most once a second: after a crash the destination says where it is anyway
+        if self.monotonic() - self._persisted_at >= ACK_PERSIST_SECONDS:
+            self._persisted_at = self.monotonic()
+            rec.save(self.aim.meta)
+
+    # -- resynchronisation ------------------------------------------------------------------------------
+    def resync(self, conn: Connection, *, full: bool, epoch: int) -> int:
+        """Copy the dirty blocks' current content, then let the journal take over from where it
+        started. Returns the sequence number the stream continues from."""
+        aim, rec, obs = self.aim, self.aim.record, self.obs
+        vol, dirty = obs.volume, obs.dirty
+        bs = vol.block_size
+        with vol.lock:
+            if full:
+                for s, e in data_extents(vol.fd, vol.size):
+                    dirty.mark(s // bs, (e - 1) // bs)
+            pending = dirty.take()
+            if rec.resync_from is None:
+                rec.resync_from = obs.journal.next_seq
+            rec.overflowed = False
+            rec.save(aim.meta)
+            obs.backlog.reset(rec.resync_from - 1)
+        aim.state = State.RESYNCING
+        log.info("aim %s: resynchronising %d blocks", aim.name, int.from_bytes(pending, "little").bit_count())
+        try:
+            rec.bytes_sent += conn.send(frames.Frame(frames.RESYNC_BEGIN, time_ns=time.time_ns()))
+            for first, count in runs(pending, vol.nblocks, RESYNC_RUN_BLOCKS):
+                if not self.active or epoch != obs.epoch:
+                    raise ConnectionError("resync interrupted")
+                offset = first * bs
+                with vol.lock:
+                    data = pread_all(vol.fd, min(count * bs, vol.size - offset), offset)
+                rec.bytes_sent += conn.send(frames.Frame(frames.RESYNC_BLOCK, 0, offset, time.time_ns(), data))
+            with vol.lock:
+                consistent_from = obs.journal.next_seq
+            end = rec.resync_from - 1
+            rec.bytes_sent += conn.send(frames.Frame(frames.RESYNC_END, end, 0, time.time_ns(),
+                                                     json.dumps({"consistent_from": consistent_from}).encode()))
+            ack = conn.recv()
+            if ack.type != frames.ACK or ack.seq != end:
+                raise WireError("the destination did not acknowledge the resync")
+        except BaseException:
+            with vol.lock:
+                dirty.untake(pending)
+            raise
+        with vol.lock:
+            dirty.save()
+        rec.resync_from = None
+        rec.acked_seq = max(rec.acked_seq, end)
+        rec.save(aim.meta)
+        log.info("aim %s: resync done; streaming from %d", aim.name, end + 1)
+        return end + 1

@@ -1,0 +1,188 @@
+"""The AIM connection: HMAC challenge-response handshake and frame IO on a socket.
+
+The destination sends a random challenge; the source answers with
+HMAC-SHA256(token, "client" | challenge | client-nonce | set-id) and its own nonce; the
+destination proves it knows the token too with HMAC-SHA256(token, "server" | client-nonce |
+challenge). The token never crosses the wire.
+"""
+
+import hashlib
+import hmac
+import json
+import os
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+
+from . import frames
+from ..net.recvbuf import RecvBuffer, recv_exact
+
+GREETING = b"AIMSNAP1"
+MAX_MESSAGE = 64 * 1024
+
+
+class WireError(Exception):
+    """The peer broke the protocol or failed authentication."""
+
+
+def mac(token: str, *parts: bytes) -> str:
+    return hmac.new(token.encode(), b"|".join(parts), hashlib.sha256).hexdigest()
+
+
+def send_message(sock: socket.socket, obj: dict) -> None:
+    raw = json.dumps(obj).encode()
+    sock.sendall(struct.pack(">I", len(raw)) + raw)
+
+
+def recv_message(sock: socket.socket) -> dict:
+    (length,) = struct.unpack(">I", recv_exact(sock, 4))
+    if length > MAX_MESSAGE:
+        raise WireError(f"handshake message of {length} bytes is too long")
+    try:
+        obj = json.loads(recv_exact(sock, length))
+    except ValueError:
+        raise WireError("handshake message is not JSON") from None
+    if not isinstance(obj, dict):
+        raise WireError("handshake message is not an object")
+    return obj
+
+
+def recv_frame(sock: socket.socket) -> frames.Frame:
+    head = recv_exact(sock, frames.HEADER_SIZE)
+    try:
+        ftype, _seq, _off, _t, length, _crc = frames.parse_header(head)
+        payload = recv_exact(sock, frames.payload_length(ftype, length))
+        return frames.decode(head, payload)
+    except frames.FrameError as e:
+        raise WireError(str(e)) from None
+
+
+class FrameReader:
+    """Frames from a socket through one :class:`RecvBuffer`: many frames per ``recv``, parsed in
+    place, and a way to tell idleness (no complete frame within a wait) from a stream."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.rb = RecvBuffer(sock)
+
+    def batch(self, wait: float | None = None) -> list[frames.Frame]:
+        """Every complete frame received so far, at least one; [] if none came within ``wait``
+        seconds. Their data payloads are valid until the next call."""
+        rb = self.rb
+        while True:
+            out = []
+            try:
+                while True:
+                    frame, after = frames.parse_at(rb.buf, rb.start, rb.end)
+                    if frame is None:
+                        break
+                    out.append(frame)
+                    rb.start = after
+            except frames.FrameError as e:
+                raise WireError(str(e)) from None
+            if out:
+                return out
+            if not rb.fill(after, wait):  # ``after``: the bytes the next frame needs
+                return []
+
+
+def send_frame(sock: socket.socket, frame: frames.Frame) -> int:
+    raw = frame.encode()
+    sock.sendall(raw)
+    return len(raw)
+
+
+class Connection:
+    """One authenticated AIM connection, as the sender and the applier use it: frames out, frames
+    in, journal ranges shipped. Plain blocking calls on a socket (TLS or not), so that the same
+    code runs over TCP, TLS or a ``socket.socketpair()`` in a test."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._reader: FrameReader | None = None
+
+    def send(self, frame: frames.Frame) -> int:
+        return send_frame(self.sock, frame)
+
+    def recv(self) -> frames.Frame:
+        return recv_frame(self.sock)
+
+    def batch(self, wait: float | None = None) -> list[frames.Frame]:
+        """See :meth:`FrameReader.batch` (one receive buffer for the connection's life)."""
+        if self._reader is None:
+            self._reader = FrameReader(self.sock)
+        return self._reader.batch(wait)
+
+    def ship(self, f, pos: int, count: int) -> None:
+        """``count`` journal bytes from ``pos``: straight from the page cache to the socket
+        (``sendfile``), or through a buffer when TLS must encrypt them."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.sock.sendall(os.pread(f.fileno(), count, pos))
+        elif self.sock.sendfile(f, pos, count) != count:
+            raise ConnectionError("the destination closed the stream")
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
+    def shutdown(self) -> None:
+        """Wake whoever is blocked on the connection; the owner closes it."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def client_handshake(sock: socket.socket, token: str, hello: dict) -> dict:
+    """Authenticate to a destination; return its answer (which proves it knows the token too)."""
+    greeting = recv_exact(sock, len(GREETING) + 32)
+    if not greeting.startswith(GREETING):
+        raise WireError("the peer is not an aimsnap AIM port")
+    challenge = greeting[len(GREETING):]
+    nonce = os.urandom(32)
+    set_id = str(hello.get("set_id", ""))
+    send_message(sock, {**hello, "nonce": nonce.hex(),
+                        "mac": mac(token, b"client", challenge, nonce, set_id.encode())})
+    answer = recv_message(sock)
+    if not answer.get("ok"):
+        raise WireError(str(answer.get("error", "refused by the destination")))
+    if not hmac.compare_digest(str(answer.get("mac", "")), mac(token, b"server", nonce, challenge)):
+        raise WireError("the destination did not prove it knows the token")
+    return answer
+
+
+def server_handshake(sock: socket.socket, token: str) -> tuple[dict, bytes, bytes]:
+    """Challenge a source; return its hello (after checking the MAC), the challenge and nonce."""
+    challenge = os.urandom(32)
+    sock.sendall(GREETING + challenge)
+    hello = recv_message(sock)
+    try:
+        nonce = bytes.fromhex(str(hello.get("nonce", "")))
+    except ValueError:
+        nonce = b""
+    expected = mac(token, b"client", challenge, nonce, str(hello.get("set_id", "")).encode())
+    if len(nonce) != 32 or not hmac.compare_digest(str(hello.get("mac", "")), expected):
+        send_message(sock, {"ok": False, "error": "authentication failed"})
+        raise WireError("authentication failed (wrong token?)")
+    return hello, challenge, nonce
+
+
+def server_accept(sock: socket.socket, token: str, challenge: bytes, nonce: bytes, **answer: object) -> None:
+    send_message(sock, {"ok": True, "mac": mac(token, b"server", nonce, challenge), **answer})
+
+
+Connector = Callable[..., socket.socket]  # (host, port, tls=...) -> a connected socket, like connect()
+
+
+def connect(host: str, port: int, timeout: float = 10.0, tls: ssl.SSLContext | None = None) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        try:
+            sock = tls.wrap_socket(sock, server_hostname=host)
+        except (ssl.SSLError, ssl.CertificateError) as e:
+            sock.close()
+            raise WireError(f"TLS handshake failed: {e}") from None
+    return sock

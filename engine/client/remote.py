@@ -1,0 +1,138 @@
+"""A client of a node's control API that satisfies the same interface as :class:`engine.Node`
+(:class:`engine.interface.NodeAPI`), so every CLI verb and action works the same against a local
+root or a remote node. Its methods are generated from the route table: one per route, with the
+interface method's signature; nothing here re-types the API by hand."""
+
+from __future__ import annotations
+
+import http.client
+import inspect
+import json
+import socket
+import time
+import urllib.parse
+from collections.abc import Callable
+
+from .. import errors
+from ..errors import EngineError
+from ..routes import MAX_WAIT, ROUTES, Route
+
+
+class NodeUnreachable(EngineError):
+    """No answer from the node (exit code 3)."""
+
+    exit_code = 3
+
+
+_ERRORS = {cls.__name__: cls for cls in (errors.InvalidInput, errors.NotFound, errors.AlreadyExists,
+                                          errors.Conflict, errors.EngineError)}
+
+
+class Http:
+    """One keep-alive HTTP connection to a node, with its token; errors become engine errors."""
+
+    def __init__(self, url: str, token: str, timeout: float) -> None:
+        parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise errors.InvalidInput(f"invalid node address {url!r}: write http://HOST:PORT")
+        self.url = f"{parsed.scheme}://{parsed.netloc}"
+        self.token = token
+        cls = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
+        self.conn = cls(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), timeout=timeout)
+
+    def call(self, route: Route, params: dict) -> object:
+        """Send one route's request: path parameters, query, then the JSON body or raw data."""
+        params = dict(params)
+        path = route.path
+        for name in route.path_params:
+            path = path.replace("{" + name + "}", urllib.parse.quote(str(params.pop(name)), safe=""))
+        query = {k: params.pop(k) for k in list(params) if k in route.query}
+        data = params.pop("data") if route.raw_body else None
+        body = {k: v for k, v in params.items() if v is not None} if route.body is not None else None
+        return self.request(route.method, path, query=query, body=body, data=data)
+
+    def request(self, method: str, path: str, *, query: dict | None = None, body: object = None,
+                data: bytes | None = None) -> object:
+        if query:
+            path += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        headers = {"Authorization": f"Bearer {self.token}"}
+        payload: bytes | None = data
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        elif data is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        try:
+            self.conn.request(method, path, body=payload, headers=headers)
+            resp = self.conn.getresponse()
+            raw = resp.read()
+        except (ConnectionError, socket.timeout, socket.gaierror, OSError, http.client.HTTPException) as e:
+            self.conn.close()
+            raise NodeUnreachable(f"node {self.url} is unreachable: {getattr(e, 'strerror', None) or e}") from None
+        if resp.status == 401:
+            raise EngineError(f"node {self.url} refused the token (401): check --token-file")
+        if resp.status >= 400:
+            try:
+                err = json.loads(raw)["error"]
+                kind, message = err["type"], err["message"]
+            except (ValueError, KeyError, TypeError):
+                kind, message = "", raw[:200].decode(errors="replace")
+            cls = _ERRORS.get(kind)
+            raise cls(message) if cls else EngineError(f"node {self.url} answered {resp.status}: {message}")
+        if resp.status == 204:
+            return None
+        if resp.getheader("Content-Type", "").startswith("application/json"):
+            return json.loads(raw)
+        return raw
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _method(route: Route) -> Callable:
+    sig = inspect.signature(route.protocol_method)
+
+    def call(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        bound = sig.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        return self._http.call(route, {k: v for k, v in bound.arguments.items() if k != "self"})
+
+    call.__name__ = call.__qualname__ = route.op.rpartition(".")[2]
+    call.__signature__ = sig  # type: ignore[attr-defined]
+    call.__doc__ = route.protocol_method.__doc__ or route.summary
+    return call
+
+
+class RemoteReplication:
+    """The node's ``replication`` methods over the control API."""
+
+    def __init__(self, http_: Http) -> None:
+        self._http = http_
+
+    def wait(self, ref: str, timeout: float) -> dict:
+        """Long-polls in pieces of at most 30 s (the server's bound on one request)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self._wait_once(ref, max(0, int(min(MAX_WAIT, deadline - time.monotonic()))))
+            if m["state"] != "issued" or time.monotonic() >= deadline:
+                return m
+
+
+class RemoteNode:
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        self._http = Http(url, token, timeout)
+        self.url = self._http.url
+        self.replication = RemoteReplication(self._http)
+
+    def metrics(self) -> str:
+        """The node's Prometheus exposition (not a route of the interface: a local root has none)."""
+        return self._http.request("GET", "/metrics").decode()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._http.close()
+
+
+for _route in ROUTES:
+    _owner, _, _name = _route.op.rpartition(".")
+    _cls = RemoteReplication if _owner == "replication" else RemoteNode
+    setattr(_cls, "_wait_once" if _route.op == "replication.wait" else _name, _method(_route))

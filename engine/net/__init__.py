@@ -1,0 +1,2 @@
+"""Transport: sockets, receive buffers, the threaded listener and TLS contexts. Knows nothing of
+storage or replication."""

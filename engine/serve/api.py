@@ -1,0 +1,165 @@
+"""The node's HTTP/JSON control API, built from the route table (:mod:`engine.routes`).
+
+The same table builds the aiohttp router, validates requests (JSON Schema), and generates
+``/v1/openapi.json``; the remote client is built from it too. Every route but ``/healthz`` needs
+the bearer token. Engine errors become 4xx JSON bodies ``{"error": {"type", "message"}}``; a
+malformed or oversized request is a 4xx, never a 5xx.
+"""
+
+import asyncio
+import hmac
+import json
+from collections.abc import Callable
+
+import jsonschema
+from aiohttp import web
+
+from ..errors import EngineError, InvalidInput
+from ..node import Node
+from ..routes import MAX_DATA, ROUTES, Route
+
+def error_response(status: int, kind: str, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": {"type": kind, "message": message}}, status=status, headers=headers)
+
+
+def _parse_query(route: Route, request: web.Request) -> dict:
+    params: dict = {}
+    for key in request.query:
+        if key not in route.query:
+            raise InvalidInput(f"unknown query parameter {key!r}")
+    for key, schema in route.query.items():
+        raw = request.query.get(key)
+        if raw is None:
+            if "default" not in schema:
+                raise InvalidInput(f"query parameter {key!r} is required")
+            params[key] = schema["default"]
+            continue
+        if schema.get("type") == "integer":
+            try:
+                value: object = int(raw)
+            except ValueError:
+                raise InvalidInput(f"query parameter {key!r} must be an integer, not {raw[:40]!r}") from None
+            if value < schema.get("minimum", value) or value > schema.get("maximum", value):  # type: ignore[operator]
+                raise InvalidInput(f"query parameter {key!r} is out of range: {value}")
+        else:
+            value = raw
+        params[key] = value
+    return params
+
+
+async def _parse_body(route: Route, request: web.Request) -> dict:
+    if route.raw_body:
+        data = await request.read()
+        return {"data": data}
+    raw = await request.read()
+    if route.body is None:
+        return {}
+    if not raw and not route.body.get("required"):
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the request body is not valid JSON") from None
+    errors = sorted(jsonschema.Draft202012Validator(route.body).iter_errors(body), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.path) or "body"
+        raise InvalidInput(f"{where}: {e.message}")
+    return body
+
+
+def _handler(node: Node, route: Route):
+    async def handle(request: web.Request) -> web.StreamResponse:
+        params = dict(request.match_info)
+        params.update(_parse_query(route, request))
+        params.update(await _parse_body(route, request))
+        result = await asyncio.to_thread(route.bind(node), **params, **route.server_args)
+        if route.returns == "bytes":
+            return web.Response(body=result, content_type="application/octet-stream")
+        if route.status == 204:
+            return web.Response(status=204)
+        return web.json_response(result if result is not None else {"ok": True}, status=route.status,
+                                 dumps=lambda o: json.dumps(o, default=str))
+    return handle
+
+
+def make_app(node: Node, token: str, metrics: Callable[[], bytes] | None = None) -> web.Application:
+    @web.middleware
+    async def guard(request: web.Request, handler) -> web.StreamResponse:
+        if request.path != "/healthz":
+            supplied = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+                return error_response(401, "Unauthorized", "a valid bearer token is required",
+                                      **{"WWW-Authenticate": 'Bearer realm="aimsnap"'})
+        try:
+            return await handler(request)
+        except EngineError as e:
+            return error_response(e.http_status, type(e).__name__, str(e))
+        except web.HTTPException as e:  # 404, 405, 413 from aiohttp itself: JSON too
+            if e.status < 400:
+                raise
+            return error_response(e.status, e.reason.replace(" ", ""), e.text or e.reason)
+        except UnicodeError as e:
+            return error_response(400, "InvalidInput", f"the request is not valid UTF-8: {e}")
+
+    app = web.Application(middlewares=[guard], client_max_size=MAX_DATA + (1 << 16))
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _handler(node, route))
+    spec = openapi()
+    app.router.add_get("/v1/openapi.json", lambda r: web.json_response(spec))
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_get("/healthz", healthz)
+    if metrics is not None:
+        async def metrics_handler(request: web.Request) -> web.Response:
+            return web.Response(body=await asyncio.to_thread(metrics),
+                                content_type="text/plain", charset="utf-8")
+        app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+def openapi() -> dict:
+    """The OpenAPI 3.1 document, generated from :data:`ROUTES`."""
+    error = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    paths: dict = {}
+    for route in ROUTES:
+        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in route.path_params]
+        params += [{"name": q, "in": "query", "required": q in route.required_query, "schema": s}
+                   for q, s in route.query.items()]
+        op: dict = {"summary": route.summary, "tags": [route.tag], "parameters": params,
+                    "operationId": f"{route.method.lower()}{route.path.replace('/', '_').replace('{', '').replace('}', '')}",
+                    "responses": {str(c): error for c in (400, 401, 404, 409, 413)}}
+        if route.raw_body:
+            op["requestBody"] = {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}}
+        elif route.body is not None:
+            op["requestBody"] = {"required": bool(route.body.get("required")),
+                                 "content": {"application/json": {"schema": route.body}}}
+        if route.returns == "bytes":
+            ok = {"description": "bytes", "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                             "format": "binary"}}}}
+        elif route.status == 204:
+            ok = {"description": "done"}
+        else:
+            ok = {"description": "ok", "content": {"application/json": {"schema": {"type": ["object", "array"]}}}}
+        op["responses"][str(route.status)] = ok
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    paths["/healthz"] = {"get": {"summary": "Liveness (no token)", "operationId": "healthz", "security": [],
+                                 "responses": {"200": {"description": "alive"}}}}
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
+                                 "responses": {"200": {"description": "text exposition format"},
+                                               "401": error}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "aimsnap node control API", "version": "1"},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["type", "message"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}}}},
+        },
+        "security": [{"bearer": []}],
+    }

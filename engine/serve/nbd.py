@@ -1,0 +1,286 @@
+"""An NBD server (fixed newstyle handshake, simple replies) over the node's exports.
+
+Written from the protocol document (NetworkBlockDevice/nbd, doc/proto.md). Options: EXPORT_NAME,
+ABORT, LIST, INFO, GO; anything else is answered ``NBD_REP_ERR_UNSUP`` (so clients fall back
+from structured replies). Commands: READ, WRITE, DISC, FLUSH, TRIM, WRITE_ZEROES (and CACHE as a
+no-op). Writes go through the volume write path; FLUSH and FUA make them durable before the reply.
+A malformed frame closes that connection only.
+"""
+
+import errno
+import logging
+import socket
+import struct
+from typing import NamedTuple
+
+from . import exports
+from ..errors import Conflict, EngineError, InvalidInput, NotFound
+from ..net.listener import ThreadedListener
+from ..net.recvbuf import RecvBuffer, recv_exact
+
+log = logging.getLogger("aimsnap.nbd")
+
+NBDMAGIC = 0x4E42444D41474943
+IHAVEOPT = 0x49484156454F5054
+REPLY_MAGIC = 0x0003E889045565A9
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+
+FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1 << 0, 1 << 1
+OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
+REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+REP_ERR_UNSUP, REP_ERR_POLICY, REP_ERR_INVALID, REP_ERR_UNKNOWN = (1 << 31) + 1, (1 << 31) + 2, (1 << 31) + 3, (1 << 31) + 6
+INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
+
+TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_SEND_FUA = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+TF_SEND_TRIM, TF_SEND_WRITE_ZEROES, TF_CAN_MULTI_CONN = 1 << 5, 1 << 6, 1 << 8
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 5, 6
+CMD_FLAG_FUA = 1 << 0
+
+MAX_OPTION_DATA = 64 * 1024
+MAX_REQUEST = 32 << 20
+PREFERRED_BLOCK = 4096
+IOV_MAX = 1024
+
+_REQUEST = struct.Struct(">IHHQQI")
+_REPLY = struct.Struct(">IIQ")
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol: close this connection."""
+
+
+def _transmission_flags(export: exports.Export) -> int:
+    flags = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA | TF_CAN_MULTI_CONN  # one fdatasync covers all connections
+    if export.read_only:
+        flags |= TF_READ_ONLY
+    else:
+        flags |= TF_SEND_TRIM | TF_SEND_WRITE_ZEROES
+    return flags
+
+
+class NbdServer:
+    """One thread per connection, blocking sockets: the kernel copies payloads straight into the
+    connection's receive buffer and ``pwrite`` takes them from there, and connections run in
+    parallel while the GIL is released in those calls (the same shape as nbdkit's threads).
+    Everything a client has queued is handled as one batch (see :class:`_Requests`)."""
+
+    def __init__(self, node, max_connections: int = 64) -> None:
+        self.node = node
+        self.listener = ThreadedListener("nbd", self._serve, max_connections)
+        self.start, self.stop = self.listener.start, self.listener.stop
+
+    def _serve(self, conn: socket.socket, peer: object) -> None:
+        conn.settimeout(None)
+        try:
+            export = self._handshake(conn)
+            if export is not None:
+                self._transmission(export, conn)
+        except ProtocolError as e:
+            log.warning("nbd %s: closing connection: %s", peer, e)
+        except (ConnectionError, OSError):
+            pass  # the client went away, or stop() closed the socket
+
+    # -- handshake ---------------------------------------------------------------------------------
+    def _handshake(self, conn: socket.socket) -> exports.Export | None:
+        conn.sendall(struct.pack(">QQH", NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+        (client_flags,) = struct.unpack(">I", recv_exact(conn, 4))
+        if client_flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES) or not client_flags & FLAG_FIXED_NEWSTYLE:
+            raise ProtocolError(f"unsupported client flags {client_flags:#x}")
+        no_zeroes = bool(client_flags & FLAG_NO_ZEROES)
+        while True:
+            magic, opt, length = struct.unpack(">QII", recv_exact(conn, 16))
+            if magic != IHAVEOPT:
+                raise ProtocolError(f"bad option magic {magic:#x}")
+            if length > MAX_OPTION_DATA:
+                raise ProtocolError(f"option data of {length} bytes is too long")
+            data = recv_exact(conn, length)
+            if opt == OPT_EXPORT_NAME:
+                try:
+                    export = exports.resolve(self.node, data.decode())
+                except (NotFound, UnicodeDecodeError):
+                    raise ProtocolError(f"no export {data[:100]!r}") from None
+                conn.sendall(struct.pack(">QH", export.size, _transmission_flags(export))
+                             + (b"" if no_zeroes else bytes(124)))
+                return export
+            if opt == OPT_ABORT:
+                _reply(conn, opt, REP_ACK)
+                return None
+            if opt == OPT_LIST:
+                self._list(conn, data)
+            elif opt in (OPT_INFO, OPT_GO):
+                export = self._info(conn, opt, data)
+                if export is not None and opt == OPT_GO:
+                    return export
+            else:
+                _reply(conn, opt, REP_ERR_UNSUP, b"option not supported")
+
+    def _list(self, conn: socket.socket, data: bytes) -> None:
+        if data:
+            _reply(conn, OPT_LIST, REP_ERR_INVALID, b"LIST takes no data")
+            return
+        for name, description in exports.names(self.node):
+            raw = name.encode()
+            _reply(conn, OPT_LIST, REP_SERVER, struct.pack(">I", len(raw)) + raw + description.encode())
+        _reply(conn, OPT_LIST, REP_ACK)
+
+    def _info(self, conn: socket.socket, opt: int, data: bytes) -> exports.Export | None:
+        try:
+            (name_len,) = struct.unpack_from(">I", data)
+            name = data[4:4 + name_len].decode()
+            (nreq,) = struct.unpack_from(">H", data, 4 + name_len)
+            requests = struct.unpack_from(f">{nreq}H", data, 6 + name_len)
+            if len(data) != 6 + name_len + 2 * nreq:
+                raise ValueError
+        except (struct.error, UnicodeDecodeError, ValueError):
+            _reply(conn, opt, REP_ERR_INVALID, b"malformed INFO/GO request")
+            return None
+        try:
+            export = exports.resolve(self.node, name)
+        except NotFound as e:
+            _reply(conn, opt, REP_ERR_UNKNOWN, str(e).encode())
+            return None
+        _reply(conn, opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, export.size, _transmission_flags(export)))
+        if INFO_NAME in requests:
+            _reply(conn, opt, REP_INFO, struct.pack(">H", INFO_NAME) + name.encode())
+        if INFO_DESCRIPTION in requests:
+            _reply(conn, opt, REP_INFO, struct.pack(">H", INFO_DESCRIPTION) + export.description.encode())
+        if INFO_BLOCK_SIZE in requests:
+            _reply(conn, opt, REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, 1, PREFERRED_BLOCK, MAX_REQUEST))
+        _reply(conn, opt, REP_ACK)
+        return export
+
+    # -- transmission --------------------------------------------------------------------------------
+    def _transmission(self, export: exports.Export, conn: socket.socket) -> None:
+        requests = _Requests(conn)
+        while True:
+            batch = requests.batch()
+            replies: list[bytes] = []
+            i = 0
+            while i < len(batch):
+                req = batch[i]
+                if req.cmd == CMD_DISC:
+                    break
+                if req.cmd == CMD_WRITE:  # a run of writes lands as one batch
+                    j = i + 1
+                    while j < len(batch) and batch[j].cmd == CMD_WRITE:
+                        j += 1
+                    for r, error in zip(batch[i:j], self._writes(export, batch[i:j])):
+                        replies.append(_REPLY.pack(SIMPLE_REPLY_MAGIC, error, r.handle))
+                    i = j
+                    continue
+                error, data = self._command(export, req)
+                replies.append(_REPLY.pack(SIMPLE_REPLY_MAGIC, error, req.handle))
+                if data:
+                    replies.append(data)
+                i += 1
+            if replies:
+                _send_all(conn, replies)
+            if i < len(batch):  # CMD_DISC
+                return
+
+    def _writes(self, export: exports.Export, reqs: list["_Request"]) -> list[int]:
+        """Land a run of writes together; the error of each (a bad range fails alone)."""
+        errors = [_range_error(export, r) or (errno.EPERM if export.read_only else 0) for r in reqs]
+        good = [r for r, e in zip(reqs, errors) if not e]
+        if good:
+            fua = any(r.flags & CMD_FLAG_FUA for r in good)
+            error, _ = _outcome(export, lambda: export.write_many([(r.offset, r.data) for r in good], fua=fua))
+            errors = [e or error for e in errors]
+        return errors
+
+    def _command(self, export: exports.Export, req: "_Request") -> tuple[int, bytes]:
+        cmd, fua = req.cmd, bool(req.flags & CMD_FLAG_FUA)
+        if cmd in (CMD_READ, CMD_TRIM, CMD_WRITE_ZEROES, CMD_CACHE) and _range_error(export, req):
+            return errno.EINVAL, b""
+        if cmd == CMD_READ:
+            if req.length > MAX_REQUEST:
+                return errno.EINVAL, b""
+            return _outcome(export, lambda: export.read(req.offset, req.length))
+        if cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
+            if export.read_only:
+                return errno.EPERM, b""
+            return _outcome(export, lambda: export.write_zeroes(req.offset, req.length, fua=fua))
+        if cmd == CMD_FLUSH:
+            return _outcome(export, export.flush)
+        return (0, b"") if cmd == CMD_CACHE else (errno.EINVAL, b"")
+
+
+class _Request(NamedTuple):
+    cmd: int
+    flags: int
+    handle: int
+    offset: int
+    length: int
+    data: memoryview  # a write's payload, valid until the next batch
+
+
+class _Requests:
+    """Requests as they arrive: one ``recv`` brings everything the client has queued (fio at
+    iodepth 16 queues 16), and the server handles it as one batch: consecutive writes land
+    together (one journal append for an AIM source) and the replies go back in one ``send``."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.rb = RecvBuffer(conn)
+
+    def batch(self) -> list[_Request]:
+        while True:
+            batch, need = self._parse()
+            if batch:
+                return batch
+            self.rb.fill(need)
+
+    def _parse(self) -> tuple[list[_Request], int]:
+        """The complete requests received, and the bytes the next one needs."""
+        rb, out = self.rb, []
+        buf, pos, end = rb.buf, rb.start, rb.end
+        view = memoryview(buf)
+        need = _REQUEST.size
+        while end - pos >= _REQUEST.size:
+            magic, flags, cmd, handle, offset, length = _REQUEST.unpack_from(buf, pos)
+            if magic != REQUEST_MAGIC:
+                raise ProtocolError(f"bad request magic {magic:#x}")
+            if cmd == CMD_WRITE:
+                if length > MAX_REQUEST:
+                    raise ProtocolError(f"write of {length} bytes exceeds the {MAX_REQUEST} byte maximum")
+                need += length
+            if end - pos < need:
+                break
+            out.append(_Request(cmd, flags, handle, offset, length, view[pos + _REQUEST.size:pos + need]))
+            pos += need
+            need = _REQUEST.size
+        rb.start = pos
+        return out, need
+
+
+def _send_all(conn: socket.socket, parts: list[bytes]) -> None:
+    """Send a batch's replies with gathering writes: read data is not copied to be joined."""
+    for i in range(0, len(parts), IOV_MAX):
+        views = [memoryview(p) for p in parts[i:i + IOV_MAX]]
+        while views:
+            sent = conn.sendmsg(views)
+            while views and sent >= len(views[0]):
+                sent -= len(views.pop(0))
+            if views and sent:
+                views[0] = views[0][sent:]
+
+
+def _range_error(export: exports.Export, req: _Request) -> int:
+    return errno.EINVAL if req.offset + req.length > export.size else 0
+
+
+def _outcome(export: exports.Export, call) -> tuple[int, bytes]:
+    """Run one operation; its NBD error and the data it returned (for a read)."""
+    try:
+        return 0, call() or b""
+    except Conflict:
+        return errno.EPERM, b""
+    except (InvalidInput, EngineError):
+        return errno.EINVAL, b""
+    except OSError as e:
+        log.error("nbd %s: %s", export.name, e)
+        return (errno.ENOSPC if e.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO), b""
+
+
+def _reply(conn: socket.socket, opt: int, rtype: int, data: bytes = b"") -> None:
+    conn.sendall(struct.pack(">QIII", REPLY_MAGIC, opt, rtype, len(data)) + data)

@@ -1,0 +1,125 @@
+"""``aimsnap node serve``: one asyncio process serving the control API, NBD and the AIM port.
+
+Addresses with port 0 get a free port; the chosen addresses are printed and written to
+``ROOT/node.json``. SIGTERM or SIGINT: stop accepting, close connections, flush every volume,
+close the node cleanly, exit 0.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..aim.receiver import Receiver
+from ..errors import InvalidInput
+from ..net.tls import server_tls
+from ..node import Node
+from ..storage.fsutil import atomic_write
+from .api import make_app
+from .metrics import NodeMetrics
+from .nbd import NbdServer
+
+log = logging.getLogger("aimsnap.node")
+
+
+@dataclass
+class Listen:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, what: str) -> "Listen":
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise InvalidInput(f"invalid --{what} address {text!r}: write HOST:PORT, e.g. 127.0.0.1:7410")
+        return cls(host.strip("[]") or "127.0.0.1", int(port))
+
+    def bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            return socket.create_server((self.host, self.port), family=family, reuse_port=False, backlog=128)
+        except OSError as e:
+            raise InvalidInput(f"cannot listen on {self.host}:{self.port}: {e.strerror}") from None
+
+
+def load_or_create_token(path: str) -> tuple[str, bool]:
+    """The node's API token; created (random, mode 0600) if the file is absent."""
+    if os.path.exists(path):
+        with open(path) as f:
+            token = f.read().strip()
+        if len(token) < 16:
+            raise InvalidInput(f"token file {path} holds no usable token (at least 16 characters)")
+        return token, False
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None,
+                aim_tls: tuple[str, str] | None = None) -> None:
+    os.makedirs(root, exist_ok=True)
+    token_file = token_file or os.path.join(root, "api.token")
+    token, created = load_or_create_token(token_file)
+    sockets = {"api": api.bind(), "nbd": nbd.bind(), "aim": aim.bind()}
+    node = Node(root)
+    nbd_server = NbdServer(node)
+    receiver = Receiver(node, token, server_tls(*aim_tls) if aim_tls else None)
+    metrics = NodeMetrics(node, receiver)
+    runner = web.AppRunner(make_app(node, token, metrics.render), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.SockSite(runner, sockets["api"]).start()
+    nbd_server.start(sockets["nbd"])
+    receiver.start(sockets["aim"])
+    node.replication.start()
+
+    addresses = {"api": f"http://{_address(sockets['api'])}", "nbd": _address(sockets["nbd"]),
+                 "aim": _address(sockets["aim"]), "pid": os.getpid(), "token_file": os.path.abspath(token_file)}
+    atomic_write(os.path.join(root, "node.json"), json.dumps(addresses, indent=2).encode())
+    if created:
+        print(f"created token file {os.path.abspath(token_file)} (mode 0600)", flush=True)
+    print(f"aimsnap node serving {node.root}: api {addresses['api']}  nbd {addresses['nbd']}  "
+          f"aim {addresses['aim']}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="api"))  # marker long-polls
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("stopping: closing listeners and connections, flushing volumes")
+    nbd_server.stop()
+    receiver.stop()
+    await runner.cleanup()
+    await asyncio.to_thread(node.close)
+    print("aimsnap node stopped cleanly", flush=True)
+
+
+def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
+        aim_tls_cert: str | None = None, aim_tls_key: str | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    listens = (Listen.parse(api, "api"), Listen.parse(nbd, "nbd"), Listen.parse(aim, "aim"))
+    if bool(aim_tls_cert) != bool(aim_tls_key):
+        raise InvalidInput("TLS on the AIM port needs both --aim-tls-cert and --aim-tls-key")
+    if aim_tls_cert:
+        try:
+            server_tls(aim_tls_cert, aim_tls_key)  # fail now, with a clear message
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"cannot load the AIM TLS certificate or key: {e}") from None
+    asyncio.run(serve(root, *listens, token_file, (aim_tls_cert, aim_tls_key) if aim_tls_cert else None))
+    return 0

@@ -1,0 +1,259 @@
+"""``aimsnap demo``: the whole promise on one machine, in well under two minutes.
+
+Two real nodes (``aimsnap node serve``) on free loopback ports, the policies of
+``policies/examples/demo.yaml`` applied to them and run by a real ``aimsnap run``, a hot-spot write
+workload through NBD meanwhile, then a report: runs and outcomes, RPO, the traffic of the
+snapshot-source mode against direct mirroring, and every destination point in time compared with the
+source content recorded at its marker. Exit code 1 on any mismatch.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+import policies
+from engine import parse_size
+from policies.model import Bundle
+from policies.validate import load_policies
+
+from engine.client.remote import RemoteNode
+
+from ..apply import reconcile
+from ..report import render
+from ..store import Store
+from .localnode import NodeProc, start_node
+from .verify import checks_table, mib, runs_table, traffic_table, verify
+from .workload import CONTROL_ENV, ControlServer, Workload
+
+EXAMPLE = Path(policies.__file__).parent / "examples" / "demo.yaml"
+SNAPSHOT_POLICY = "db01-snapshot"  # demo.yaml's source-snapshot policy
+
+
+class DemoFailed(Exception):
+    """The demo could not run (a node, the apply, the orchestrator): one line for the operator."""
+
+
+class Demo:
+    """Owns every process and file of one demo; ``close`` leaves nothing running."""
+
+    def __init__(self, work: str, results: str, console: Console) -> None:
+        self.work, self.results, self.console = work, results, console
+        self.sites: dict[str, NodeProc] = {}
+        self.clients: dict[str, RemoteNode] = {}
+        self.orchestrator: subprocess.Popen | None = None
+        self.workload: Workload | None = None
+        self.control: ControlServer | None = None
+        self.policy_file = os.path.join(work, "demo.yaml")
+        self.db = os.path.join(work, "aimsnap.db")
+        self.html = os.path.join(results, "report.html")
+
+    # -- setting up ---------------------------------------------------------------------------------------
+    def start_sites(self) -> None:
+        for name in ("prod", "dr"):
+            self.sites[name] = start_node(os.path.join(self.work, name), new_session=True)
+            self.clients[name] = RemoteNode(self.sites[name].api, self.sites[name].token, timeout=120)
+
+    def write_policies(self) -> Bundle:
+        doc = yaml.safe_load(EXAMPLE.read_text())
+        for name, site in self.sites.items():
+            doc["nodes"][name] = {"api": site.api, "token_file": site.token_file, "aim": site.aim}
+        with open(self.policy_file, "w") as f:
+            f.write(f"# written by aimsnap demo from {EXAMPLE}, with this run's node addresses\n")
+            yaml.safe_dump(doc, f, sort_keys=False, width=120)
+        return load_policies([self.policy_file])
+
+    def apply(self, bundle: Bundle) -> list:
+        actions = reconcile(bundle, dry_run=False)
+        bad = [a for a in actions if a.action in ("drift", "error")]
+        if bad:
+            raise DemoFailed("; ".join(f"{a.kind} {a.name}: {a.detail}" for a in bad))
+        prod = self.clients["prod"]
+        deadline = time.monotonic() + 30
+        while any(s["state"] != "replicating" for s in prod.replication.list()):
+            if time.monotonic() > deadline:
+                raise DemoFailed("the AIM sets did not start replicating within 30 s")
+            time.sleep(0.05)
+        return actions
+
+    def start_workload(self, bundle: Bundle, rate: float, seed: int) -> None:
+        sizes = {r.name: parse_size(r.spec["size"]) for r in bundle.resources.values()
+                 if r.kind == "volume" and r.node == "prod"}
+        self.workload = Workload(self.sites["prod"].nbd, sizes, rate, seed)
+        self.control = ControlServer(os.path.join(self.work, "quiesce.sock"), self.workload)
+        self.workload.start()
+
+    def start_orchestrator(self) -> None:
+        env = {**os.environ, CONTROL_ENV: self.control.server_address,  # type: ignore[union-attr]
+               "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+        log = open(os.path.join(self.work, "run.log"), "wb")
+        self.orchestrator = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "run", self.policy_file, "--db", self.db],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+
+    def save_results(self) -> None:
+        """Leave the outcome store, the policy file and the logs where the user can look at them."""
+        if self.results == self.work:
+            return
+        import sqlite3
+        src, dst = sqlite3.connect(self.db), sqlite3.connect(os.path.join(self.results, "aimsnap.db"))
+        with dst:
+            src.backup(dst)  # a consistent copy, WAL included
+        src.close()
+        dst.close()
+        for name in ("demo.yaml", "run.log", "prod.log", "dr.log"):
+            if os.path.exists(os.path.join(self.work, name)):
+                shutil.copy(os.path.join(self.work, name), self.results)
+
+    def bytes_sent(self) -> dict[str, int]:
+        return {s["name"]: s["bytes_sent"] for s in self.clients["prod"].replication.list()}
+
+    # -- tearing down -------------------------------------------------------------------------------------
+    def stop_orchestrator(self) -> int | None:
+        proc, self.orchestrator = self.orchestrator, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # lets runs in progress finish
+        try:
+            return proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def close(self) -> None:
+        if self.workload:
+            self.workload.stop()
+        self.stop_orchestrator()  # before the control socket goes: its hooks still thaw
+        if self.control:
+            self.control.shutdown()
+            self.control.server_close()
+        if self.workload:
+            self.workload.close()
+        for client in self.clients.values():
+            client.close()
+        for site in self.sites.values():
+            try:
+                site.stop(signal.SIGTERM, timeout=30)
+            except subprocess.TimeoutExpired:
+                site.proc.kill()
+                site.proc.wait()
+
+
+def main(seconds: int, keep: str | None, out: str, rate: int, seed: int) -> int:
+    """Two nodes on loopback, the demo policies, a write workload, and a verified report."""
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    work = os.path.abspath(keep) if keep else tempfile.mkdtemp(prefix="aimsnap-demo-")
+    results = work if keep else os.path.abspath(out)
+    os.makedirs(work, exist_ok=True)
+    os.makedirs(results, exist_ok=True)
+    d = Demo(work, results, console)
+    try:
+        return _run(d, console, seconds, rate, seed)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping the orchestrator and the nodes[/]")
+        return 130
+    finally:
+        d.close()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+
+
+def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
+    with console.status("starting two nodes (prod, dr) on loopback"):
+        d.start_sites()
+        bundle = d.write_policies()
+    console.print(f"nodes: prod {d.sites['prod'].api} (NBD {d.sites['prod'].nbd}), "
+                  f"dr {d.sites['dr'].api} (AIM {d.sites['dr'].aim})")
+    with console.status("aimsnap apply: creating volumes, snapshots, AIM sets, the group"):
+        created = d.apply(bundle)
+    console.print(f"applied {EXAMPLE.name}: {sum(a.action == 'created' for a in created)} resources created, "
+                  f"{len(bundle.policies)} policies")
+    baseline = d.bytes_sent()
+    d.start_workload(bundle, rate, seed)
+    d.start_orchestrator()
+    store = Store(d.db)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("policies running, workload writing", total=seconds, info="")
+        t0 = time.monotonic()
+        while (elapsed := time.monotonic() - t0) < seconds:
+            if d.orchestrator.poll() is not None:  # type: ignore[union-attr]
+                raise DemoFailed(f"aimsnap run exited early; see {d.work}/run.log")
+            progress.update(task, completed=elapsed, info=_progress_line(d.workload, store))  # type: ignore[arg-type]
+            time.sleep(0.25)
+        progress.update(task, completed=seconds)
+        d.workload.stop()  # type: ignore[union-attr]
+        # one more increment after the last write, so both modes have shipped the same writes
+        final = progress.add_task("last source-snapshot run after the workload stopped", total=None, info="")
+        _wait_for_run(store, SNAPSHOT_POLICY, after=datetime.now(timezone.utc))
+        progress.remove_task(final)
+        rc = d.stop_orchestrator()
+        _wait_caught_up(d)
+        sent = {k: v - baseline.get(k, 0) for k, v in d.bytes_sent().items()}
+        checks = verify(d, bundle, store, progress)
+    console.print(runs_table(store, bundle))
+    console.print(traffic_table(d, sent))
+    console.print(checks_table(checks))
+    failures = [c for c in checks if not c.ok]
+    unverified = [p.name for p in bundle.policies if not any(c.ok and c.policy == p.name for c in checks)]
+    with open(d.html, "w") as f:
+        f.write(render(store))
+    d.save_results()
+    db = os.path.relpath(os.path.join(d.results, "aimsnap.db"))
+    console.print(f"outcomes (SQLite): {db}\nreport (HTML):     {os.path.relpath(d.html)}\n"
+                  f"look at them:      aimsnap status --db {db}\n"
+                  f"                   aimsnap history --db {db} --policy {SNAPSHOT_POLICY} --json")
+    if rc != 0:
+        console.print(f"[red]aimsnap run exited {rc}[/]")
+    if unverified:
+        console.print(f"[red]no verified point for: {', '.join(unverified)}[/]")
+    if failures or unverified or rc != 0:
+        console.print(f"[red]demo FAILED: {len(failures)} of {len(checks)} points differ or are missing[/]")
+        return 1
+    console.print(f"[green]demo OK: {len(checks)} destination points in time, each equal to its source at its marker[/]")
+    return 0
+
+
+def _progress_line(workload: Workload, store: Store) -> str:
+    c = workload.counts()
+    runs: dict[str, int] = {}
+    for r in store.run_counts():
+        runs[r["status"]] = runs.get(r["status"], 0) + r["n"]
+    applied = len(store.applied_markers())
+    failed = sum(n for s, n in runs.items() if s not in ("ok", "running"))
+    return (f"{c['writes']:,} writes, {mib(c['bytes'])} | runs ok {runs.get('ok', 0)}, failed {failed} | "
+            f"markers applied {applied}")
+
+
+def _wait_for_run(store: Store, policy: str, after: datetime, timeout: float = 60) -> bool:
+    """Whether a run of ``policy`` that started after ``after`` finished within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if store.finished_since(policy, after):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _wait_caught_up(d: Demo, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sets = d.clients["prod"].replication.list()
+        if all(s["queued_entries"] == 0 and s["state"] == "replicating" for s in sets):
+            return
+        time.sleep(0.1)

@@ -1,0 +1,44 @@
+"""The stall watchdog: an AIM set whose acknowledged position has not moved for ``stall_after``
+while data is queued is `stalled`; that goes into the events (history), `status` and metrics."""
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from engine import EngineError
+
+from ..store import Store
+
+log = logging.getLogger("aimsnap.watchdog")
+
+
+class Watchdog:
+    def __init__(self, store: Store, aim_sets: Callable[[], list[tuple[str, str]]],
+                 info: Callable[[str, str], dict], stall_after: float = 300.0) -> None:
+        self.store, self.aim_sets, self.info, self.stall_after = store, aim_sets, info, stall_after
+        self.seen: dict[tuple[str, str], tuple[int, datetime]] = {}  # (node, set) -> (acked, since)
+        self.stalled: set[tuple[str, str]] = set()
+
+    def check(self, now: datetime) -> set[tuple[str, str]]:
+        for key in self.aim_sets():
+            node, name = key
+            try:
+                info = self.info(node, name)
+            except EngineError:
+                continue  # an unreachable node shows up as failed runs, not as a stall
+            acked, queued = info.get("acked_seq", 0), info.get("queued_entries", 0)
+            prev = self.seen.get(key)
+            if prev is None or prev[0] != acked or not queued:
+                self.seen[key] = (acked, now)
+                if key in self.stalled:
+                    self.stalled.discard(key)
+                    self.store.event(now, "recovered", f"AIM set {name} on {node} is moving again")
+                continue
+            if (now - prev[1]).total_seconds() >= self.stall_after and key not in self.stalled:
+                self.stalled.add(key)
+                msg = (f"AIM set {name} on {node} is stalled: {queued} entries queued, nothing acknowledged "
+                       f"for {(now - prev[1]).total_seconds():.0f}s ({info.get('state')}"
+                       + (f": {info['last_error']}" if info.get("last_error") else "") + ")")
+                log.warning(msg)
+                self.store.event(now, "stalled", msg, details={"node": node, "aim_set": name, "queued": queued})
+        return set(self.stalled)
