@@ -4,7 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-full bench clean
+.PHONY: venv deps demo test test-full bench clean
+
+# what the tests and benchmarks run as real peers and clients (Debian packages; as root)
+APT_PACKAGES := python3-venv libnbd-bin qemu-utils nbdkit fio rsync iproute2 fuse3
 
 venv: $(STAMP)
 
@@ -13,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null
 
 demo: venv
 	$(BIN)/aimsnap demo

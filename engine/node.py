@@ -39,9 +39,8 @@ class Node(Storage):
         self.opened()
 
     def close(self) -> None:
-        with self.lock:
-            self.replication.close()  # stops senders, flushes and checkpoints, detaches the AIM sets
-            super().close()
+        self.replication.close()  # stops and joins the senders (not under the storage lock), detaches the sets
+        super().close()
 
     def volume_info(self, name: str) -> dict:
         return {**super().volume_info(name), "aim_sets": self.replication.of_volume(name)}

@@ -284,8 +284,9 @@ class Store:
         return list(self.db.query("SELECT MIN(issued_at) AS issued_at, MAX(applied_at) AS applied_at FROM markers "
                                   "WHERE policy=? AND status='applied' GROUP BY run_id", [policy]))
 
-    def stalled(self) -> list[str]:
-        """The stall watchdog's messages for AIM sets whose latest report is 'stalled'."""
-        return [e["message"] for e in self.db.query(
-            "SELECT message, kind FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE kind IN "
-            "('stalled','recovered') GROUP BY json_extract(details, '$.aim_set'))") if e["kind"] == "stalled"]
+    def aim_problems(self) -> list[dict]:
+        """AIM sets whose latest watchdog report is a stall or an error: ``{"kind", "message"}``."""
+        return [e for e in self.db.query(
+            "SELECT kind, message FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE kind IN "
+            "('stalled','aim_error','recovered') GROUP BY json_extract(details, '$.aim_set')) ORDER BY id")
+            if e["kind"] != "recovered"]

@@ -124,7 +124,7 @@ class _Semantics:
 
     # -- resources ---------------------------------------------------------------------------------------
     def _node(self, doc: Document, path: tuple, node: object) -> bool:
-        if node not in self.b.nodes:
+        if not isinstance(node, str) or node not in self.b.nodes:
             self.err(doc, path, f"unknown node {node!r}: declare it under `nodes:`" +
                      (f" (declared: {', '.join(sorted(self.b.nodes))})" if self.b.nodes else ""))
             return False
@@ -193,8 +193,10 @@ class _Semantics:
             value = default
         try:
             return parse_duration(value) if value is not None else 0.0
-        except DurationError:
-            return 0.0  # the schema's pattern has reported it, with the same position
+        except DurationError as e:
+            if e.out_of_range:  # well formed, so the schema's pattern did not report it
+                self.err(doc, path, str(e))
+            return 0.0  # else the schema's pattern has reported it, with the same position
 
     def policy(self, doc: Document, p: tuple, item: dict, defaults: dict, build: bool) -> Policy | None:
         name = item["name"]
@@ -213,11 +215,16 @@ class _Semantics:
             ok = False
         seconds = None
         if every is not None:
-            seconds = self._duration(doc, p + ("every",), every)
-            if seconds and seconds < 1:
+            try:
+                seconds = parse_duration(every)
+            except DurationError as e:
+                if e.out_of_range:  # well formed: the schema's pattern did not report it
+                    self.err(doc, p + ("every",), str(e))
+                ok = False
+            if seconds is not None and seconds < 1:
                 self.err(doc, p + ("every",), f"interval {every!r} is under 1 second")
                 ok = False
-            elif seconds and seconds < 60:
+            elif seconds is not None and seconds < 60:
                 self.warn(doc, p + ("every",), f"interval {every!r} is under a minute: fine for demos and tests, "
                                                "rarely what production wants")
         if isinstance(cron, str) and not _cron_valid(cron):
@@ -257,7 +264,7 @@ class _Semantics:
                 ok = False
             ok &= snap is not None
         if aim and marker.get("destination_snapshot") is not None:
-            to = aim.spec.get("to") or {}
+            to = _mapping(aim.spec.get("to"))
             dsnap = self.b.resource("snapshot", str(to.get("node")), str(marker["destination_snapshot"]))
             if dsnap is None or dsnap.spec.get("source") != to.get("volume"):
                 self.err(doc, p + ("marker", "destination_snapshot"),
@@ -268,9 +275,9 @@ class _Semantics:
         if kind == "group" and item.get("group") is not None:
             group = self._ref(doc, p + ("group",), ("group",), node, item["group"], "group")
             ok &= group is not None and self._group_set(doc, p, node, group, marker.get("destination_snapshot_set"))
-        misfire = {**defaults.get("misfire", {}), **(item.get("misfire") or {})}
-        retries = {**defaults.get("retries", {}), **(item.get("retries") or {})}
-        quiesce = item.get("quiesce") or {}
+        misfire = {**_mapping(defaults.get("misfire")), **_mapping(item.get("misfire"))}
+        retries = {**_mapping(defaults.get("retries")), **_mapping(item.get("retries"))}
+        quiesce = _mapping(item.get("quiesce"))
         retain = item.get("retain")
         if not ok or not build:
             return None
@@ -292,8 +299,8 @@ class _Semantics:
             retain=Retain(**retain) if isinstance(retain, dict) else None, enabled=bool(item.get("enabled", True)))
 
     def _group_set(self, doc: Document, p: tuple, node: str, group: Resource, set_name: object) -> bool:
-        members = [self.b.resource("aim_set", node, str(m)) for m in group.spec.get("members") or []]
-        dests = {(m.spec.get("to") or {}).get("node") for m in members if m}
+        members = [self.b.resource("aim_set", node, str(m)) for m in _sequence(group.spec.get("members"))]
+        dests = {str(_mapping(m.spec.get("to")).get("node")) for m in members if m}
         if len(dests) != 1:
             self.err(doc, p + ("group",), f"the AIM sets of group {group.name!r} replicate to different nodes "
                                           f"({', '.join(sorted(map(str, dests)))}): one snapshot set cannot cover them")
@@ -304,9 +311,9 @@ class _Semantics:
             self.err(doc, p + ("marker", "destination_snapshot_set"),
                      f"destination snapshot set {set_name!r} is not declared on node {dest!r}")
             return False
-        covered = {(self.b.resource("snapshot", dest, str(s)) or Resource("", "", "", {}, doc.where(p))).spec.get("source")
-                   for s in sset.spec.get("members") or []}
-        missing = sorted({str((m.spec.get("to") or {}).get("volume")) for m in members if m} - covered)
+        covered = {str((self.b.resource("snapshot", dest, str(s)) or Resource("", "", "", {}, doc.where(p))).spec.get(
+                   "source")) for s in _sequence(sset.spec.get("members"))}
+        missing = sorted({str(_mapping(m.spec.get("to")).get("volume")) for m in members if m} - covered)
         if missing:
             self.err(doc, p + ("marker", "destination_snapshot_set"),
                      f"snapshot set {set_name!r} has no snapshot of destination volume(s) {', '.join(missing)}")
@@ -367,3 +374,12 @@ def _dates(text: str) -> tuple[date, date] | None:
     except ValueError:
         return None
     return (a, b) if a <= b else None
+
+
+def _mapping(value: object) -> dict:
+    """A mapping the schema may already have refused as something else: checked as empty."""
+    return value if isinstance(value, dict) else {}
+
+
+def _sequence(value: object) -> list:
+    return value if isinstance(value, list) else []

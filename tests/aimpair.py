@@ -34,9 +34,9 @@ class Side:
 
 
 class Pair:
-    def __init__(self, tmp_path) -> None:
-        self.src = Side(str(tmp_path / "src"))
-        self.dst = Side(str(tmp_path / "dst"))
+    def __init__(self, tmp_path, dst_root: str | None = None, src_root: str | None = None) -> None:
+        self.src = Side(src_root or str(tmp_path / "src"))
+        self.dst = Side(dst_root or str(tmp_path / "dst"))
 
     def stop(self) -> None:
         assert self.src.stop() == 0, self.src.log()

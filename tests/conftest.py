@@ -15,3 +15,12 @@ settings.load_profile("full" if FULL else "default")
 @pytest.fixture
 def root(tmp_path):
     return str(tmp_path / "node")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say which tests were skipped for want of a tool, and the one command that brings them in."""
+    missing = [r for r in terminalreporter.stats.get("skipped", [])
+               if any(w in str(r.longrepr) for w in ("install", "needs ", "not installed"))]
+    if missing:
+        terminalreporter.write_line(f"{len(missing)} test(s) skipped for want of a tool: `make deps` (as root) "
+                                    "installs what they need", yellow=True)

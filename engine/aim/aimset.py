@@ -39,7 +39,7 @@ class AimSet:
         self.closing = False
         self.sender = Sender(self, self._connect)
         self.supervisor = Supervisor(f"aim-send-{self.name}", self.sender.step, sleep=sleep,
-                                     expected=(*EXPECTED, wire.WireError))
+                                     expected=(*EXPECTED, wire.WireError, wire.DestinationError))
 
     def _connect(self) -> wire.Connection:
         return wire.Connection(self.connector(self.record.dest_host, self.record.dest_port, tls=self.tls))

@@ -6,9 +6,14 @@ arrived at the :class:`~.barriers.GroupBarriers`). Returns only by an exception:
 closed, the link failed, or a frame broke the protocol.
 """
 
+import contextlib
+import errno
 import json
 import logging
+import os
+import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import AlreadyExists, EngineError
@@ -36,68 +41,124 @@ class Binding:
     resyncing: bool
 
 
+class StorageFault(Exception):
+    """Applying failed here for a reason of this node's storage (not of the stream or the link)."""
+
+    def __init__(self, reason: str, errno_name: str | None, what: str) -> None:
+        super().__init__(f"{reason} ({what})")
+        self.reason, self.errno_name, self.what = reason, errno_name, what
+
+
+@contextlib.contextmanager
+def storage_faults(what: str) -> Iterator[None]:
+    """Storage errors while applying become a :class:`StorageFault` with one line for the operator."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None or isinstance(e, (ConnectionError, TimeoutError)):
+            raise
+        reason = os.strerror(e.errno)
+        raise StorageFault(reason[:1].lower() + reason[1:], errno.errorcode.get(e.errno), what) from e
+    except sqlite3.Error as e:  # e.g. "database or disk is full", "attempt to write a readonly database"
+        raise StorageFault(f"metadata: {e}", None, what) from e
+    except EngineError as e:
+        raise StorageFault(str(e), None, what) from e
+
+
 class Applier:
     def __init__(self, storage: Storage, groups: GroupBarriers, conn: Connection, binding: Binding) -> None:
         self.storage, self.meta, self.groups, self.conn, self.b = storage, storage.meta, groups, conn, binding
 
     def run(self) -> None:
-        b, conn, meta = self.b, self.conn, self.meta
-        vol = self.storage.volume(b.volume)
+        """Apply until the stream ends. A storage fault is told to the source (an ERROR frame it
+        shows as ``last_error``) and logged here, then raised to the receiver."""
+        try:
+            self._apply()
+        except StorageFault as e:
+            log.warning("aim %s: cannot apply into %s: %s", self.b.set_name, self.b.volume, e)
+            payload = {"reason": e.reason, "errno": e.errno_name, "volume": self.b.volume, "while": e.what}
+            with contextlib.suppress(OSError):
+                self.conn.send(frames.Frame(frames.ERROR, 0, 0, time.time_ns(), json.dumps(payload).encode()))
+            raise
+
+    def _apply(self) -> None:
+        b, conn = self.b, self.conn
+        with storage_faults("opening the volume"):
+            vol = self.storage.volume(b.volume)
         applied = acked = b.applied_seq
         unacked_bytes = 0
         while True:
             # a short pause in the stream is not idleness: one fdatasync covers what comes within it
             batch = conn.batch(wait=ACK_DELAY if applied != acked else None)
-            if (not batch or unacked_bytes >= ACK_EVERY_BYTES) and applied != acked:
-                vol.flush()  # idle, or enough is unacknowledged: make it durable, then say so
-                meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", applied, b.set_id)
-                acked, unacked_bytes = applied, 0
-                self.ack(applied, [])
-            writes: list[tuple[int, memoryview]] = []  # a run of writes lands as one batch
-            for f in batch:
-                if f.type == frames.WRITE and _in_order(f, applied):
-                    writes.append((f.offset, f.payload))  # type: ignore[arg-type]
-                    applied = f.seq
-                    unacked_bytes += len(f.payload)
-                    continue
-                if writes:
-                    vol.apply_writes(writes)
-                    writes = []
-                if f.type == frames.ZERO and _in_order(f, applied):
-                    vol.apply_zeroes(f.offset, f.length)
-                    applied = f.seq
-                elif f.type == frames.MARKER and _in_order(f, applied):
-                    result = self.marker(vol, f)
-                    applied = acked = f.seq
-                    unacked_bytes = 0
-                    self.ack(applied, [result])
-                elif f.type == frames.RESYNC_BEGIN:
-                    meta.execute("UPDATE aim_targets SET resyncing=1 WHERE set_id=?", b.set_id)
-                elif f.type == frames.RESYNC_BLOCK:
-                    vol.apply_write(f.offset, f.payload)
-                elif f.type == frames.RESYNC_END:
-                    info = json.loads(f.payload)
-                    vol.flush()
-                    b.consistent_from, applied = int(info["consistent_from"]), f.seq
-                    meta.execute("UPDATE aim_targets SET resyncing=0, applied_seq=?, consistent_from=? "
-                                 "WHERE set_id=?", applied, b.consistent_from, b.set_id)
-                    acked = applied
-                    self.ack(applied, [])
-                elif f.type == frames.HEARTBEAT and applied == acked:
-                    self.ack(applied, [])  # tells the source we are alive and where we are
+            with storage_faults("applying writes"):
+                applied, acked, unacked_bytes = self._batch(vol, batch, applied, acked, unacked_bytes)
+
+    def _batch(self, vol: Volume, batch: list[frames.Frame], applied: int, acked: int,
+               unacked_bytes: int) -> tuple[int, int, int]:
+        b, meta = self.b, self.meta
+        if (not batch or unacked_bytes >= ACK_EVERY_BYTES) and applied != acked:
+            vol.flush()  # idle, or enough is unacknowledged: make it durable, then say so
+            meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", applied, b.set_id)
+            acked, unacked_bytes = applied, 0
+            self.ack(applied, [])
+        writes: list[tuple[int, memoryview]] = []  # a run of writes lands as one batch
+        for f in batch:
+            if f.type in (frames.WRITE, frames.ZERO, frames.RESYNC_BLOCK) and f.offset + f.size > vol.size:
+                raise WireError(f"{frames.NAMES[f.type]} frame at {f.offset} beyond the end of {vol.name} "
+                                f"({vol.size} bytes)")
+            if f.type == frames.WRITE and _in_order(f, applied):
+                writes.append((f.offset, f.payload))  # type: ignore[arg-type]
+                applied = f.seq
+                unacked_bytes += len(f.payload)
+                continue
             if writes:
                 vol.apply_writes(writes)
+                writes = []
+            if f.type == frames.ZERO and _in_order(f, applied):
+                vol.apply_zeroes(f.offset, f.length)
+                applied = f.seq
+            elif f.type == frames.MARKER and _in_order(f, applied):
+                result = self.marker(vol, f)
+                applied = acked = f.seq
+                unacked_bytes = 0
+                self.ack(applied, [result])
+            elif f.type == frames.RESYNC_BEGIN:
+                meta.execute("UPDATE aim_targets SET resyncing=1 WHERE set_id=?", b.set_id)
+            elif f.type == frames.RESYNC_BLOCK:
+                vol.apply_write(f.offset, f.payload)
+            elif f.type == frames.RESYNC_END:
+                consistent_from = _control(f, {"consistent_from": int})["consistent_from"]
+                vol.flush()
+                b.consistent_from, applied = consistent_from, f.seq
+                meta.execute("UPDATE aim_targets SET resyncing=0, applied_seq=?, consistent_from=? "
+                             "WHERE set_id=?", applied, b.consistent_from, b.set_id)
+                acked = applied
+                self.ack(applied, [])
+            elif f.type == frames.HEARTBEAT and applied == acked:
+                self.ack(applied, [])  # tells the source we are alive and where we are
+        if writes:
+            vol.apply_writes(writes)
+        return applied, acked, unacked_bytes
 
     def ack(self, seq: int, markers: list[dict]) -> None:
         payload = json.dumps({"markers": markers}).encode() if markers else b""
-        self.conn.send(frames.Frame(frames.ACK, seq, 0, time.time_ns(), payload))
+        try:
+            self.conn.send(frames.Frame(frames.ACK, seq, 0, time.time_ns(), payload))
+        except OSError as e:  # the link's fault, never the storage's
+            raise ConnectionError(str(e)) from e
 
     # -- markers -----------------------------------------------------------------------------------------
     def marker(self, vol: Volume, f: frames.Frame) -> dict:
         """Everything before the marker is applied: flush, enable the pre-configured snapshot (or
         the group's snapshot set), and record the result with the new applied position atomically."""
         b = self.b
-        m = json.loads(f.payload)
+        m = _control(f, {"id": int, "point": str})
+        if m.get("group") is not None:
+            _fields(f, m["group"], {"id": str, "members": list, "snapshot_set": str})
+            if not all(isinstance(x, str) for x in m["group"]["members"]):
+                raise WireError("marker frame whose group members are not AIM set ids")
+        if not isinstance(m.get("snapshot"), (str, type(None))) or not isinstance(m.get("label"), (str, type(None))):
+            raise WireError("marker frame whose snapshot or label is not a name")
         key = str(m["id"])
         row = self.meta.one("SELECT result FROM applied_markers WHERE set_id=? AND marker_id=?", b.set_id, key)
         if row:
@@ -160,3 +221,20 @@ def _in_order(f: frames.Frame, applied: int) -> bool:
     if f.seq != applied + 1:
         raise WireError(f"sequence gap: expected {applied + 1}, got {f.seq}")
     return True
+
+
+def _control(f: frames.Frame, required: dict[str, type]) -> dict:
+    """A control frame's JSON payload, with the fields the applier relies on; else a WireError
+    (the checksum held, so it is the sender's bug or a forgery, never applied)."""
+    try:
+        obj = json.loads(f.payload)
+    except (ValueError, UnicodeDecodeError):
+        raise WireError(f"{frames.NAMES[f.type]} frame whose payload is not JSON") from None
+    return _fields(f, obj, required)
+
+
+def _fields(f: frames.Frame, obj: object, required: dict[str, type]) -> dict:
+    if not isinstance(obj, dict) or any(not isinstance(obj.get(k), t) or isinstance(obj.get(k), bool)
+                                        for k, t in required.items()):
+        raise WireError(f"{frames.NAMES[f.type]} frame without {', '.join(required)} of the right types")
+    return obj

@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 from ..storage.meta import Meta
 
-GROUP_TIMEOUT = 300.0
+# below the source's stream timeout (sender.STREAM_TIMEOUT, 120 s): a member waiting here sends no
+# acknowledgement, and the source must not give up on the connection first
+GROUP_TIMEOUT = 60.0
 
 
 class GroupBarriers:
@@ -19,7 +21,8 @@ class GroupBarriers:
     def __init__(self, meta: Meta, timeout: float = GROUP_TIMEOUT) -> None:
         self.meta, self.timeout = meta, timeout
         self.cond = threading.Condition()
-        self.arrived: dict[str, set[str]] = {}
+        self.arrived: dict[str, set[str]] = {}  # guarded by cond, like the two below
+        self.enabling: set[str] = set()  # the last member is enabling the set (outside cond)
         self.results: dict[str, dict] = {}
 
     def stored(self, key: str) -> dict | None:
@@ -32,20 +35,32 @@ class GroupBarriers:
             if result is not None:
                 return result
             self.arrived.setdefault(key, set()).add(me)
-            if self.arrived[key] >= set(members):
-                result = enable()
-                self._finish(key, result)
-                return result
-            deadline = time.monotonic() + self.timeout
-            while key not in self.results:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    missing = sorted(set(members) - self.arrived[key])
-                    self._finish(key, {"state": "failed", "error": f"group member(s) {', '.join(missing)} did not "
-                                       f"reach the marker within {self.timeout:.0f}s"})
-                    break
-                self.cond.wait(left)
-            return self.results[key]
+            if not (self.arrived[key] >= set(members) and key not in self.enabling):
+                return self._wait(key, members)
+            self.enabling.add(key)
+        # the last member enables the set outside the condition: the enable takes storage locks
+        # and fsyncs, and members of other group markers must not queue behind it
+        try:
+            result = enable()
+        except Exception as e:  # noqa: BLE001 - the waiting members get the reason, not a hang
+            result = {"state": "failed", "error": f"enabling the snapshot set failed: {e}"}
+        with self.cond:
+            self.enabling.discard(key)
+            self._finish(key, result)
+        return result
+
+    def _wait(self, key: str, members: list[str]) -> dict:
+        """Caller holds the condition: wait for the last member's result, or time out."""
+        deadline = time.monotonic() + self.timeout
+        while key not in self.results:
+            left = deadline - time.monotonic()
+            if left <= 0 and key not in self.enabling:  # an enable in progress is waited for
+                missing = sorted(set(members) - self.arrived[key])
+                self._finish(key, {"state": "failed", "error": f"group member(s) {', '.join(missing)} did not "
+                                   f"reach the marker within {self.timeout:.0f}s"})
+                break
+            self.cond.wait(max(left, 0.1))
+        return self.results[key]
 
     def _finish(self, key: str, result: dict) -> None:
         self.results[key] = result

@@ -22,9 +22,11 @@ MAX_PAYLOAD = 32 << 20
 WRITE, ZERO, MARKER = 1, 2, 3
 # stream-only types
 RESYNC_BEGIN, RESYNC_BLOCK, RESYNC_END, ACK, HEARTBEAT = 10, 11, 12, 20, 21
+ERROR = 22  # destination -> source: why it stopped applying (JSON: reason, errno, volume)
 
 NAMES = {WRITE: "write", ZERO: "zero", MARKER: "marker", RESYNC_BEGIN: "resync-begin",
-         RESYNC_BLOCK: "resync-block", RESYNC_END: "resync-end", ACK: "ack", HEARTBEAT: "heartbeat"}
+         RESYNC_BLOCK: "resync-block", RESYNC_END: "resync-end", ACK: "ack", HEARTBEAT: "heartbeat",
+         ERROR: "error"}
 
 
 class FrameError(Exception):

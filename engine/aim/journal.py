@@ -9,7 +9,9 @@ of allocating new ones (measured: half the kernel time per append). A reused fil
 entries past the new tail; they are out of sequence, so a scan stops before them.
 """
 
+import errno
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 from dataclasses import dataclass
@@ -37,8 +39,9 @@ class Journal:
         self.dir = directory
         os.makedirs(directory, exist_ok=True)
         self.segments: list[Segment] = []
-        self._fd: int | None = None
+        self._fd: int | None = None  # the tail segment, appended to under the volume lock
         self._unsynced: list[int] = []  # earlier segments written since the last sync()
+        self._fd_lock = threading.Lock()  # guards opening and closing the two above (not appends)
         self.next_seq = 1
         self.spares = sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".spare"))
         self._recover()
@@ -88,8 +91,10 @@ class Journal:
             seq += 1
         size = 0
         for i, expected in enumerate(sizes):
-            if os.pwritev(self._fd, iov[i * IOV_MAX:(i + 1) * IOV_MAX], seg.size + size) != expected:
-                raise OSError("short write to the AIM journal")
+            pieces = iov[i * IOV_MAX:(i + 1) * IOV_MAX]
+            n = os.pwritev(self._fd, pieces, seg.size + size)
+            if n != expected:  # a nearly full disk: writing the rest says why (ENOSPC), or finishes
+                _pwrite_rest(self._fd, b"".join(pieces)[n:], seg.size + size + n)
             size += expected
         seg.size += size
         if seg.last == 0:
@@ -98,7 +103,20 @@ class Journal:
         self.next_seq = seq
         return seq - 1, size
 
+    def unappend(self, first: int, size: int) -> None:
+        """Take back the last append (entries ``first``.. of ``size`` bytes, in the tail segment):
+        its data never landed. The first header is zeroed so that a scan after a crash stops there."""
+        seg = self.segments[-1]
+        seg.size -= size
+        os.pwrite(self._fd, bytes(frames.HEADER_SIZE), seg.size)
+        self.next_seq = first
+        seg.last = first - 1
+
     def _roll(self, first: int, time_ns: int) -> None:
+        with self._fd_lock:
+            self._roll_locked(first, time_ns)
+
+    def _roll_locked(self, first: int, time_ns: int) -> None:
         if self._fd is not None:  # made durable by the next sync(), not here on the write path
             self._unsynced.append(self._fd)
         if self.segments and self.segments[-1].size < SEGMENT_BYTES:  # reopen the tail after a restart
@@ -112,12 +130,15 @@ class Journal:
         fsync_dir(self.dir)
 
     def sync(self) -> None:
-        while self._unsynced:
-            fd = self._unsynced.pop(0)
-            os.fdatasync(fd)
-            os.close(fd)
-        if self._fd is not None:
-            os.fdatasync(self._fd)
+        """Make every appended entry durable. Called by the volume's flush without the volume
+        lock, so it holds the fd lock: a roll or a reset must not close a descriptor under it."""
+        with self._fd_lock:
+            while self._unsynced:
+                fd = self._unsynced.pop(0)
+                os.fdatasync(fd)
+                os.close(fd)
+            if self._fd is not None:
+                os.fdatasync(self._fd)
 
     # -- reading and reclaiming --------------------------------------------------------------------------
     def read_from(self, seq: int) -> Iterator[tuple[frames.Frame, bytes]]:
@@ -148,12 +169,13 @@ class Journal:
 
     def reset(self, next_seq: int) -> None:
         """Drop every entry (after they were turned into a dirty bitmap); continue at ``next_seq``."""
-        for fd in self._unsynced:
-            os.close(fd)
-        self._unsynced = []
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._fd_lock:
+            for fd in self._unsynced:
+                os.close(fd)
+            self._unsynced = []
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
         for seg in self.segments:
             os.unlink(seg.path)
         self.segments = []
@@ -175,9 +197,18 @@ class Journal:
 
     def close(self) -> None:
         self.sync()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._fd_lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def _pwrite_rest(fd: int, data: bytes, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)  # raises the disk's error (ENOSPC) where there is one
+        if n == 0:
+            raise OSError(errno.ENOSPC, "no space left on device (the AIM journal)")
+        data, offset = data[n:], offset + n
 
 
 def _scan_headers(path: str, limit: int):

@@ -27,9 +27,15 @@ class Markers:
         self._last_stamp: datetime | None = None
 
     def fail_unsequenced(self) -> None:
-        """At load: markers whose row was committed but which never reached a journal."""
+        """At load, after every journal was scanned (:meth:`sequenced`): markers whose row was
+        committed but which never reached a journal."""
         self.meta.execute("UPDATE markers SET state='failed', error='lost in a crash before it was journaled' "
                           "WHERE state='issued' AND seq IS NULL")
+
+    def sequenced(self, marker_id: int, seq: int) -> None:
+        """The marker is journal entry ``seq`` (also said at load for a marker that reached the
+        journal just before a crash: the destination will apply it, so it must not be failed)."""
+        self.meta.execute("UPDATE markers SET seq=? WHERE id=? AND seq IS NULL", seq, marker_id)
 
     def issue(self, sets: list[AimSet], *, snapshot: str | None = None, group: str | None = None,
               snapshot_set: str | None = None, label: str | None = None) -> list[dict]:
@@ -56,8 +62,7 @@ class Markers:
                 if group:
                     payload["group"] = {"id": group_id, "name": group, "snapshot_set": snapshot_set,
                                         "members": [a.record.id for a in sets]}
-                seq = aim.observer.append_marker(payload)
-                self.meta.execute("UPDATE markers SET seq=? WHERE id=?", seq, marker_id)
+                self.sequenced(marker_id, aim.observer.append_marker(payload))
             rows.append(self.marker(marker_id))
         return rows
 

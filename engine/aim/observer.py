@@ -34,6 +34,7 @@ class JournalObserver:
         self.meta, self.on_overflow = meta, on_overflow
         self.backlog = Backlog(journal, record.acked_seq)
         self.replaying = False
+        self._pending: tuple[int, int, int] | None = None  # (first seq, entries, bytes) of the batch landing
         self.epoch = 0  # bumped by an overflow: the sender drops what it is doing
         self.cond = threading.Condition()  # the sender sleeps on it when it has shipped everything
         self.sender_idle = False
@@ -60,14 +61,28 @@ class JournalObserver:
             else:
                 entries.append((frames.ZERO, intent.offset, b"", intent.length))
         now = time.time_ns()
-        _seq, size = self.journal.append_many(entries, now)
+        first = self.journal.next_seq
+        _seq, size = self.journal.append_many(entries, now)  # a failed append leaves nothing behind
+        self._pending = (first, len(entries), size)
         self.backlog.appended(len(entries), size, now)
         if self.backlog.bytes > rec.journal_limit:
             self.overflow()
 
     def after_write(self, batch: Sequence[WriteIntent]) -> None:
         if not self.replaying:
+            self._pending = None
             self.publish()
+
+    def write_failed(self, batch: Sequence[WriteIntent]) -> None:
+        """The batch did not land in the volume: its entries must never be shipped or replayed
+        (the host was told the write failed), so the journal takes them back."""
+        pending, self._pending = self._pending, None
+        if self.replaying or pending is None or self.record.overflowed:
+            return  # dirty bits (overflow) over-report, which is safe
+        first, count, size = pending
+        if self.journal.next_seq == first + count:
+            self.journal.unappend(first, size)
+            self.backlog.appended(-count, -size, 0)
 
     def append_marker(self, payload: dict) -> int:
         """A marker into the write stream (caller holds the volume lock); its sequence number."""
@@ -124,9 +139,10 @@ class JournalObserver:
         self.record.save(self.meta)
 
     # -- replay after a crash -------------------------------------------------------------------------
-    def replay(self) -> int:
+    def replay(self, marker: Callable[[int, int], None]) -> int:
         """Re-apply journal entries after the last checkpoint: a kill may have come between an
-        entry reaching the journal and its data reaching the volume. Idempotent, in order."""
+        entry reaching the journal and its data reaching the volume. Idempotent, in order.
+        ``marker(id, seq)`` is told of each marker entry found (its row may lack the seq)."""
         count = 0
         self.replaying = True
         try:
@@ -135,6 +151,8 @@ class JournalObserver:
                     self.volume.apply_write(frame.offset, frame.payload)
                 elif frame.type == frames.ZERO:
                     self.volume.apply_zeroes(frame.offset, frame.length)
+                elif frame.type == frames.MARKER:
+                    marker(json.loads(frame.payload)["id"], frame.seq)
                 count += 1
         finally:
             self.replaying = False

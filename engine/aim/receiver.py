@@ -11,7 +11,7 @@ import threading
 from ..net.listener import ThreadedListener, shut
 from ..storage.storage import Storage
 from . import wire
-from .applier import Applier, Binding
+from .applier import Applier, Binding, StorageFault
 from .barriers import GroupBarriers
 from .supervisor import describe
 from .wire import Connection, WireError
@@ -116,6 +116,8 @@ class Receiver:
             log.warning("aim %s: closing connection: %s", peer, e)
         except (ConnectionError, OSError, TimeoutError):
             pass  # the source went away or the link failed: it reconnects (and says so)
+        except StorageFault:
+            self.errors += 1  # logged by the applier and told to the source, which retries with backoff
         except Exception as e:  # noqa: BLE001 - a fault applying the stream: said, counted, the source retries
             self.errors += 1
             log.error("aim %s: stream of set %s failed: %s", peer, set_id, describe(e), exc_info=e)

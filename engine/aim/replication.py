@@ -22,7 +22,7 @@ from ..storage.fsutil import data_extents
 from ..storage.names import check_name, iso
 from ..storage.storage import Storage
 from ..storage.units import parse_size
-from ..storage.volume import barrier
+from ..storage.volume import Volume, barrier
 from . import wire
 from .aimset import AimSet
 from .markers import Markers
@@ -48,7 +48,8 @@ class Replication:
                  sleep: Callable[[float], None] | None = None) -> None:
         self.storage, self.meta = storage, storage.meta
         self.connect, self.sleep = connect, sleep
-        self.sets: dict[str, AimSet] = {}
+        self.sets: dict[str, AimSet] = {}  # guarded by the storage lock, like _creating
+        self._creating: dict[str, str] = {}  # AIM sets being created (their claim in flight): name -> volume
         self.ledger = Markers(storage.meta, storage.clock)
         self.serving = False
 
@@ -60,7 +61,7 @@ class Replication:
             if self.storage.unclean_machine_restart:  # the page cache was lost: trust nothing, resync
                 aim.observer.track_all()
             aim.volume.observers.append(aim.observer)
-            replayed = aim.observer.replay()
+            replayed = aim.observer.replay(self.ledger.sequenced)
             if replayed:
                 log.info("aim %s: replayed %d journal entries into %s after an unclean stop",
                          aim.name, replayed, aim.volume.name)
@@ -114,49 +115,66 @@ class Replication:
             raise InvalidInput(f"invalid journal limit {journal_limit!r}: at least 1MiB")
         if not token or len(token) < 16:
             raise InvalidInput("the destination token is missing or too short (give --to-token-file)")
-        with self.storage.lock:
-            vol = self.storage.volume(source)
-            if name in self.sets:
-                raise AlreadyExists(f"AIM set {name!r} already exists")
-            if any(a.volume is vol for a in self.sets.values()):
-                raise Conflict(f"volume {source!r} is already the source of an AIM set")
-            if vol.replica_of:
-                raise Conflict(f"volume {source!r} is itself an AIM destination")
-            set_id = uuid.uuid4().hex
-            d = self.storage.files.aim_set(name)
-            shutil.rmtree(d, ignore_errors=True)
-            os.makedirs(d)
-            tls = None
-            if tls_ca:
-                with open(os.path.join(d, "dest-ca.pem"), "w") as f:
-                    f.write(tls_ca)
-                try:
-                    tls = tlsctx.client_tls(os.path.join(d, "dest-ca.pem"))
-                except (OSError, ValueError) as e:
-                    shutil.rmtree(d, ignore_errors=True)
-                    raise InvalidInput(f"the destination TLS certificate is not usable: {e}") from None
+        with self.storage.lock:  # reserve the name and the volume; the network call comes after
+            vol = self._check_new(name, source)
+            self._creating[name] = source
+        try:
+            return self._create(name, vol, host, port, dest_volume, token, limit, tls_ca)
+        finally:
+            with self.storage.lock:
+                del self._creating[name]
+
+    def _check_new(self, name: str, source: str) -> Volume:
+        """Caller holds the storage lock."""
+        vol = self.storage.volume(source)
+        if name in self.sets or name in self._creating:
+            raise AlreadyExists(f"AIM set {name!r} already exists")
+        if any(a.volume is vol for a in self.sets.values()) or source in self._creating.values():
+            raise Conflict(f"volume {source!r} is already the source of an AIM set")
+        if vol.replica_of:
+            raise Conflict(f"volume {source!r} is itself an AIM destination")
+        return vol
+
+    def _create(self, name: str, vol: Volume, host: str, port: int, dest_volume: str, token: str, limit: int,
+                tls_ca: str | None) -> dict:
+        set_id = uuid.uuid4().hex
+        d = self.storage.files.aim_set(name)
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+        tls = None
+        if tls_ca:
+            with open(os.path.join(d, "dest-ca.pem"), "w") as f:
+                f.write(tls_ca)
             try:
-                self._call_destination(host, port, token, {"op": "claim", "set_id": set_id, "set_name": name,
-                                                           "volume": dest_volume, "size": vol.size,
-                                                           "source": f"{source}"}, tls)
-            except EngineError:
+                tls = tlsctx.client_tls(os.path.join(d, "dest-ca.pem"))
+            except (OSError, ValueError) as e:
                 shutil.rmtree(d, ignore_errors=True)
-                raise
-            fd = os.open(os.path.join(d, "dest.token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(token)
-            record = Record(name, set_id, source, host, port, dest_volume, limit, tls is not None,
-                            iso(self.storage.clock()))
-            with vol.lock:  # the initial sync copies every block written so far
-                bs = vol.block_size
-                BlockBitmap.create(os.path.join(d, "dirty.bm"), vol.nblocks,
-                                   ((s // bs, (e - 1) // bs) for s, e in data_extents(vol.fd, vol.size))).close()
-                record.insert(self.meta)
-                aim = self._open(record)
-                vol.observers.append(aim.observer)
-            if self.serving:
-                aim.start()
-            return self.info(name)
+                raise InvalidInput(f"the destination TLS certificate is not usable: {e}") from None
+        try:
+            self._call_destination(host, port, token, {"op": "claim", "set_id": set_id, "set_name": name,
+                                                       "volume": dest_volume, "size": vol.size,
+                                                       "source": vol.name}, tls)
+        except EngineError:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        fd = os.open(os.path.join(d, "dest.token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        record = Record(name, set_id, vol.name, host, port, dest_volume, limit, tls is not None,
+                        iso(self.storage.clock()))
+        with self.storage.lock, vol.lock:  # the initial sync copies every block written so far
+            if self.storage.volumes.get(vol.name) is not vol:  # deleted while the claim was in flight
+                shutil.rmtree(d, ignore_errors=True)
+                raise NotFound(f"volume {vol.name!r} does not exist")
+            bs = vol.block_size
+            BlockBitmap.create(os.path.join(d, "dirty.bm"), vol.nblocks,
+                               ((s // bs, (e - 1) // bs) for s, e in data_extents(vol.fd, vol.size))).close()
+            record.insert(self.meta)
+            aim = self._open(record)
+            vol.observers.append(aim.observer)
+        if self.serving:
+            aim.start()
+        return self.info(name)
 
     def _call_destination(self, host: str, port: int, token: str, hello: dict, tls=None) -> dict:
         try:
@@ -180,21 +198,25 @@ class Replication:
         return sorted(a.name for a in self.sets.values() if a.volume.name == volume)
 
     def delete(self, name: str) -> None:
-        with self.storage.lock:
+        with self.storage.lock:  # forget it here; stopping and the network call come after
             aim = self.aim_set(name)
             groups = self.info(name)["groups"]
             if groups:
                 raise Conflict(f"AIM set {name!r} is a member of group(s) {', '.join(groups)}: delete those first")
-            self._detach(aim)
-            rec = aim.record
-            try:
-                self._call_destination(rec.dest_host, rec.dest_port, aim.token, {"op": "release", "set_id": rec.id},
-                                       aim.tls)
-            except EngineError as e:
-                log.warning("aim %s: could not release the destination volume: %s", name, e)
+            with aim.volume.lock:
+                aim.volume.observers.remove(aim.observer)
             self.meta.execute("DELETE FROM aim_sets WHERE name=?", name)
             del self.sets[name]
-            shutil.rmtree(self.storage.files.aim_set(name), ignore_errors=True)
+            gone = self.storage.files.aim_set(f".deleted-{aim.record.id}")  # a new set may take the name
+            os.rename(self.storage.files.aim_set(name), gone)
+        aim.close()  # stops the sender and joins its threads
+        rec = aim.record
+        try:
+            self._call_destination(rec.dest_host, rec.dest_port, aim.token, {"op": "release", "set_id": rec.id},
+                                   aim.tls)
+        except EngineError as e:
+            log.warning("aim %s: could not release the destination volume: %s", name, e)
+        shutil.rmtree(gone, ignore_errors=True)
 
     def pause(self, name: str) -> dict:
         """Stop shipping; the journal keeps growing (up to its limit)."""

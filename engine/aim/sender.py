@@ -22,7 +22,7 @@ from ..storage.volume import pread_all
 from . import frames, wire
 from .journal import Cursor
 from .state import State
-from .wire import Connection, WireError
+from .wire import Connection, DestinationError, WireError
 
 if TYPE_CHECKING:
     from .aimset import AimSet
@@ -43,7 +43,9 @@ class Sender:
         self.aim, self.connect, self.heartbeat, self.monotonic = aim, connect, heartbeat, monotonic
         self.obs = aim.observer
         self.conn: Connection | None = None
-        self.ack_error: str | None = None  # why the ack reader stopped
+        self.ack_error: Exception | None = None  # why the ack reader stopped
+        self._progress_from: int | None = None  # acked at the session's start: an ack beyond it is progress
+        self._refused = False  # the last attempt ended in the destination's refusal (DestinationError)
         self._persisted_at = 0.0
 
     @property
@@ -64,6 +66,7 @@ class Sender:
             return
         conn = self.connect()
         self.conn = conn
+        failure: BaseException | None = None
         try:
             answer = wire.client_handshake(conn.sock, aim.token, {
                 "op": "stream", "set_id": aim.record.id, "set_name": aim.name,
@@ -72,17 +75,20 @@ class Sender:
             for result in answer.get("marker_results", []):
                 aim.markers.result(result["id"], result)
             conn.settimeout(STREAM_TIMEOUT)
-            aim.supervisor.healthy()
+            if not self._refused:  # the link works again; after a refusal only progress proves anything
+                aim.supervisor.healthy()
             self.session(conn, int(answer.get("applied_seq", 0)), bool(answer.get("resyncing")))
-        except BaseException:
+        except BaseException as e:
             if not self.active:
                 return  # paused or closing cut the connection: not a fault
+            failure = e
             raise
         finally:
             self.conn = None
             conn.close()
+            self._refused = isinstance(failure, DestinationError)
             if not aim.record.paused:
-                aim.state = State.DISCONNECTED
+                aim.state = State.ERROR if self._refused else State.DISCONNECTED
 
     def session(self, conn: Connection, dest_applied: int, dest_resyncing: bool) -> None:
         aim, rec, obs = self.aim, self.aim.record, self.obs
@@ -103,11 +109,17 @@ class Sender:
                 obs.journal.reclaim(dest_applied)
             rec.save(aim.meta)
         aim.state = State.REPLICATING
+        self._progress_from = rec.acked_seq
         reader = threading.Thread(target=self.read_acks, args=(conn,), name=f"aim-acks-{aim.name}", daemon=True)
         reader.start()
         cursor = Cursor(obs.journal, start)
         try:
             self.stream(conn, cursor, reader, epoch)
+        except OSError:
+            reader.join(2)  # a destination that stopped applying said why before it closed
+            if isinstance(self.ack_error, DestinationError):
+                raise self.ack_error from None
+            raise
         finally:
             cursor.close()
             conn.shutdown()
@@ -143,7 +155,9 @@ class Sender:
                 if cursor.seq > obs.landed[0]:
                     rec.bytes_sent += conn.send(frames.Frame(frames.HEARTBEAT, time_ns=time.time_ns()))
         if not reader.is_alive() and self.active:
-            raise ConnectionError(self.ack_error or "the destination closed the stream")
+            if isinstance(self.ack_error, DestinationError):
+                raise self.ack_error
+            raise ConnectionError(str(self.ack_error or "the destination closed the stream"))
         if self.active and epoch == obs.epoch:
             raise ConnectionError("stream ended")
 
@@ -152,20 +166,22 @@ class Sender:
         self.ack_error = None
         try:
             while True:
-                f = conn.recv()
-                if f.type != frames.ACK:
-                    raise WireError(f"unexpected {frames.NAMES[f.type]} frame from the destination")
+                f = _ack(conn.recv())
                 self.acknowledged(f.seq)
                 if f.payload:
                     for result in json.loads(f.payload).get("markers", []):
                         self.aim.markers.result(result["id"], result)
-        except (OSError, WireError, ValueError) as e:
-            self.ack_error = str(e) or type(e).__name__
+        except (OSError, WireError, ValueError, DestinationError) as e:
+            self.ack_error = e
         finally:
             conn.shutdown()  # the stream stops too
 
     def acknowledged(self, seq: int) -> None:
         rec, obs = self.aim.record, self.obs
+        if self._progress_from is not None and (seq > self._progress_from or seq >= obs.landed[0]):
+            self._progress_from = None  # the destination applies again: the next failure is a new one
+            self._refused = False
+            self.aim.supervisor.healthy()
         if seq <= rec.acked_seq:
             return
         with obs.volume.lock:  # the counters are also moved by appends, under this lock
@@ -210,17 +226,46 @@ class Sender:
             end = rec.resync_from - 1
             rec.bytes_sent += conn.send(frames.Frame(frames.RESYNC_END, end, 0, time.time_ns(),
                                                      json.dumps({"consistent_from": consistent_from}).encode()))
-            ack = conn.recv()
-            if ack.type != frames.ACK or ack.seq != end:
+            if _ack(conn.recv()).seq != end:
                 raise WireError("the destination did not acknowledge the resync")
-        except BaseException:
+        except BaseException as e:
             with vol.lock:
                 dirty.untake(pending)
+            if isinstance(e, OSError):
+                _raise_reason(conn)  # the destination's ERROR frame, if it sent one before closing
             raise
         with vol.lock:
             dirty.save()
+        self._refused = False
+        aim.supervisor.healthy()  # the destination applied the whole resync
         rec.resync_from = None
         rec.acked_seq = max(rec.acked_seq, end)
         rec.save(aim.meta)
         log.info("aim %s: resync done; streaming from %d", aim.name, end + 1)
         return end + 1
+
+
+def _ack(f: frames.Frame) -> frames.Frame:
+    """The destination's one kind of answer; an ERROR frame says why it stopped applying."""
+    if f.type == frames.ERROR:
+        try:
+            info = json.loads(f.payload)
+            raise DestinationError(str(info.get("reason") or "an unknown error"), info.get("errno"))
+        except (ValueError, AttributeError):
+            raise DestinationError("an error it could not describe") from None
+    if f.type != frames.ACK:
+        raise WireError(f"unexpected {frames.NAMES[f.type]} frame from the destination")
+    return f
+
+
+def _raise_reason(conn: Connection) -> None:
+    """After a failed send: raise the destination's :class:`DestinationError` if an ERROR frame
+    is waiting in the stream; return if there is none."""
+    try:
+        conn.settimeout(2)
+        while True:
+            _ack(conn.recv())
+    except DestinationError:
+        raise
+    except (OSError, WireError, ValueError):
+        return

@@ -13,6 +13,7 @@ class State(str, enum.Enum):
     REPLICATING = "replicating"  # streaming the journal
     RESYNCING = "resyncing"      # copying dirty blocks before the journal takes over
     DISCONNECTED = "disconnected"  # between connections (the supervisor's backoff)
+    ERROR = "error"              # the destination refused to go on (out of space, IO error): last_error says why
     PAUSED = "paused"            # by an operator: the journal keeps growing
 
 

@@ -26,6 +26,15 @@ class WireError(Exception):
     """The peer broke the protocol or failed authentication."""
 
 
+class DestinationError(Exception):
+    """The destination stopped applying, and said why (an ERROR frame): out of space, an IO error,
+    a read-only file system, its volume gone. Retried with backoff; the reason is ``last_error``."""
+
+    def __init__(self, reason: str, errno_name: str | None = None) -> None:
+        super().__init__(f"destination: {reason}")
+        self.reason, self.errno_name = reason, errno_name
+
+
 def mac(token: str, *parts: bytes) -> str:
     return hmac.new(token.encode(), b"|".join(parts), hashlib.sha256).hexdigest()
 

@@ -7,8 +7,10 @@ malformed or oversized request is a 4xx, never a 5xx.
 """
 
 import asyncio
+import errno
 import hmac
 import json
+import os
 from collections.abc import Callable
 
 import jsonschema
@@ -101,6 +103,10 @@ def make_app(node: Node, token: str, metrics: Callable[[], bytes] | None = None)
             return error_response(e.status, e.reason.replace(" ", ""), e.text or e.reason)
         except UnicodeError as e:
             return error_response(400, "InvalidInput", f"the request is not valid UTF-8: {e}")
+        except OSError as e:  # the node's own storage: out of space (507) or an IO error, said as such
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            return error_response(507 if full else 500, "StorageError", f"the node's storage: {reason}")
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_DATA + (1 << 16))
     for route in ROUTES:

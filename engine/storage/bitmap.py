@@ -7,6 +7,7 @@ leaves a bitmap that may over-report but never under-report. Bits are cleared on
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 
 from .fsutil import atomic_write
@@ -31,6 +32,7 @@ class BlockBitmap:
         else:
             self.bits = bits
         self.held: bytearray | None = None  # bits handed out by take(), still in the file
+        self._fd_lock = threading.Lock()  # save() swaps the descriptor that sync() may be syncing
         self.fd = os.open(path, os.O_RDWR)
 
     @classmethod
@@ -45,7 +47,8 @@ class BlockBitmap:
         return cls(path, nblocks, bits)
 
     def close(self) -> None:
-        os.close(self.fd)
+        with self._fd_lock:
+            os.close(self.fd)
 
     def test(self, block: int) -> bool:
         return bool(self.bits[block >> 3] & (1 << (block & 7)))
@@ -83,15 +86,17 @@ class BlockBitmap:
                 self.bits[i] |= byte
 
     def sync(self) -> None:
-        os.fdatasync(self.fd)
+        with self._fd_lock:
+            os.fdatasync(self.fd)
 
     def save(self) -> None:
         """Atomically replace the file with the in-memory bits (the only way bits are cleared)."""
         atomic_write(self.path, bytes(self.bits))
         self.held = None
         if hasattr(self, "fd"):
-            os.close(self.fd)
-            self.fd = os.open(self.path, os.O_RDWR)
+            with self._fd_lock:
+                os.close(self.fd)
+                self.fd = os.open(self.path, os.O_RDWR)
 
     def count(self) -> int:
         return count_bits(self.bits)

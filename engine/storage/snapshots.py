@@ -61,6 +61,9 @@ class CompleteImage:
     def after_write(self, batch: Sequence[WriteIntent]) -> None:
         pass
 
+    def write_failed(self, batch: Sequence[WriteIntent]) -> None:
+        pass  # the dirty bits stay: an increment copies a block that did not change, no harm
+
     def flush(self) -> None:
         self.dirty.sync()
 
@@ -178,6 +181,9 @@ class Differential:
 
     def after_write(self, batch: Sequence[WriteIntent]) -> None:
         pass
+
+    def write_failed(self, batch: Sequence[WriteIntent]) -> None:
+        pass  # the preserved copies stay: the blocks still hold what they copied
 
     def flush(self) -> None:
         pass  # copies are made durable before the write they protect lands (see _preserve)

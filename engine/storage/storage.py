@@ -41,15 +41,20 @@ class Storage(SnapshotSets):
         self.files = Root(root, create=create)
         self.root = self.files.path
         self.unclean_machine_restart = self.files.unclean_machine_restart
-        try:
-            self.meta = Meta(self.files.db)
-        except BaseException:
-            self.files.release()
-            raise
         self.volumes: dict[str, Volume] = {}
         self.snapshots: dict[str, Relationship] = {}
         self.enable_listeners: list[Callable[[EnableResult], None]] = []  # e.g. metrics
-        self._load()
+        try:
+            self.meta = Meta(self.files.db)
+            try:
+                self._load()
+            except BaseException:
+                self._close_files()
+                self.meta.close()
+                raise
+        except BaseException:  # a root that fails to open keeps neither its lock nor its files
+            self.files.release()
+            raise
 
     def opened(self) -> None:
         """Everything that observes the volumes is attached: the root is in use until :meth:`close`."""
@@ -99,13 +104,16 @@ class Storage(SnapshotSets):
         with self.lock:
             for v in self.volumes.values():
                 v.flush()
-            for rel in self.snapshots.values():
-                rel.close()
-            for v in self.volumes.values():
-                v.close()
+            self._close_files()
             self.meta.close()
             self.files.mark(clean=True)
             self.files.release()
+
+    def _close_files(self) -> None:
+        for rel in self.snapshots.values():
+            rel.close()
+        for v in self.volumes.values():
+            v.close()
 
     def __enter__(self) -> "Storage":
         return self
@@ -261,6 +269,9 @@ class Storage(SnapshotSets):
             for rel in rels:  # one enable of a relationship at a time; taken before any volume lock
                 stack.enter_context(rel.enable_lock)
             with self.lock:
+                for rel in rels:  # deleted while this waited for its enable lock
+                    if self.snapshots.get(rel.name) is not rel:
+                        raise NotFound(f"snapshot {rel.name!r} does not exist")
                 now = self.clock()
                 diffs = [r for r in rels if isinstance(r, Differential)]
                 point_name = self._unique_point_name(diffs, label, now)
@@ -306,8 +317,10 @@ class Storage(SnapshotSets):
         return Point(name, seq, row["created_at"], data, present)
 
     def delete_snapshot(self, name: str) -> None:
-        with self.lock:
-            rel = self.snapshot(name)
+        rel = self.snapshot(name)
+        with rel.enable_lock, self.lock:  # the lock order: enable_lock, then the storage lock
+            if self.snapshots.get(name) is not rel:
+                raise NotFound(f"snapshot {name!r} does not exist")
             sets = self.snapshot_info(name)["snapshot_sets"]
             if sets:
                 raise Conflict(f"snapshot {name!r} is a member of snapshot set(s) {', '.join(sets)}: "
@@ -317,7 +330,7 @@ class Storage(SnapshotSets):
                 if users:
                     raise Conflict(f"the volume of snapshot {name!r} is the source of snapshot(s) "
                                    f"{', '.join(users)}: delete them first")
-            with rel.enable_lock, rel.source.lock:
+            with rel.source.lock:
                 rel.source.observers.remove(rel)
                 with self.meta.transaction() as db:
                     db.execute("DELETE FROM points WHERE snapshot=?", (name,))
@@ -331,11 +344,13 @@ class Storage(SnapshotSets):
                 shutil.rmtree(self.files.points(name), ignore_errors=True)
 
     def delete_point(self, name: str, point: str) -> None:
-        with self.lock:
-            rel = self.snapshot(name)
-            if not isinstance(rel, Differential):
-                raise InvalidInput(f"snapshot {name!r} is complete-image: it has no points in time")
-            with rel.enable_lock, rel.source.lock:
+        rel = self.snapshot(name)
+        if not isinstance(rel, Differential):
+            raise InvalidInput(f"snapshot {name!r} is complete-image: it has no points in time")
+        with rel.enable_lock, self.lock:  # the lock order: enable_lock, then the storage lock
+            if self.snapshots.get(name) is not rel:
+                raise NotFound(f"snapshot {name!r} does not exist")
+            with rel.source.lock:
                 index = rel.find(point)
                 if index < 0:
                     raise NotFound(f"point in time {name}@{point} does not exist")

@@ -44,6 +44,11 @@ class WriteObserver(Protocol):
     def after_write(self, batch: Sequence[WriteIntent]) -> None:
         """Called under the volume lock once the batch has landed (not if it failed)."""
 
+    def write_failed(self, batch: Sequence[WriteIntent]) -> None:
+        """Called under the volume lock when the batch did not land (the disk is full, an IO
+        error) after ``before_write`` accepted it: what must never be acted on is taken back
+        (the AIM journal drops the entries; a bitmap may keep its bits: over-reporting is safe)."""
+
     def flush(self) -> None:
         """Make whatever ``before_write`` recorded durable (called before the volume's flush)."""
 
@@ -174,9 +179,16 @@ class Volume:
         for intent in batch:
             nbytes += intent.length
         with self.lock:
-            for observer in self.observers:
-                observer.before_write(batch)
-            apply()
+            seen = []
+            try:
+                for observer in self.observers:
+                    observer.before_write(batch)
+                    seen.append(observer)
+                apply()
+            except BaseException:
+                for observer in seen:
+                    observer.write_failed(batch)
+                raise
             for observer in self.observers:
                 observer.after_write(batch)
         self.stats.writes += len(batch)
@@ -225,6 +237,7 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         while view:
             n = os.pwrite(fd, view, offset)
             view, offset = view[n:], offset + n
+
 
 def read_chunks(read: Callable[[int, int], bytes], offset: int, length: int,
                 chunk: int = 1 << 20) -> Iterator[bytes]:

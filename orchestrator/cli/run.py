@@ -112,10 +112,13 @@ def status(db: str, as_json: bool) -> None:
                      "last_error": last and last["error"], "recovery_point": point and point["point"],
                      "recovery_point_at": point and point["issued_at"], "rpo_seconds": rpo and round(rpo, 1),
                      "consecutive_failures": store.consecutive_failures(name)})
-    stalled = store.stalled()
+    problems = store.aim_problems()
+    stalled = [p["message"] for p in problems if p["kind"] == "stalled"]
+    errors = [p["message"] for p in problems if p["kind"] == "aim_error"]
     alive = _service_alive(store)
     if as_json:
-        print_json({"policies": rows, "stalled": stalled, "orchestrator": "running" if alive else "not running"})
+        print_json({"policies": rows, "stalled": stalled, "aim_errors": errors,
+                    "orchestrator": "running" if alive else "not running"})
         return
     click.echo(f"orchestrator: {'running (pid ' + alive['pid'] + ')' if alive else 'not running'}")
     print_table(rows, [("policy", "POLICY"), ("last_status", "LAST"), ("last_started_at", "AT"),
@@ -123,6 +126,8 @@ def status(db: str, as_json: bool) -> None:
                        ("consecutive_failures", "FAILURES")], empty="no policies scheduled")
     for s in stalled:
         click.echo(f"STALLED: {s}")
+    for s in errors:
+        click.echo(f"ERROR: {s}")
 
 
 @click.command()

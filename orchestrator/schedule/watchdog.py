@@ -1,5 +1,7 @@
 """The stall watchdog: an AIM set whose acknowledged position has not moved for ``stall_after``
-while data is queued is `stalled`; that goes into the events (history), `status` and metrics."""
+while data is queued is `stalled`; that goes into the events (history), `status` and metrics.
+An AIM set in state ``error`` (its destination refused to go on, and said why) is an
+``aim_error`` event at once, and ``recovered`` when it replicates again."""
 
 import logging
 from collections.abc import Callable
@@ -18,6 +20,7 @@ class Watchdog:
         self.store, self.aim_sets, self.info, self.stall_after = store, aim_sets, info, stall_after
         self.seen: dict[tuple[str, str], tuple[int, datetime]] = {}  # (node, set) -> (acked, since)
         self.stalled: set[tuple[str, str]] = set()
+        self.errors: dict[tuple[str, str], str] = {}  # (node, set) -> the reason reported
 
     def check(self, now: datetime) -> set[tuple[str, str]]:
         for key in self.aim_sets():
@@ -26,6 +29,7 @@ class Watchdog:
                 info = self.info(node, name)
             except EngineError:
                 continue  # an unreachable node shows up as failed runs, not as a stall
+            self._error(key, info, now)
             acked, queued = info.get("acked_seq", 0), info.get("queued_entries", 0)
             prev = self.seen.get(key)
             if prev is None or prev[0] != acked or not queued:
@@ -42,3 +46,17 @@ class Watchdog:
                 log.warning(msg)
                 self.store.event(now, "stalled", msg, details={"node": node, "aim_set": name, "queued": queued})
         return set(self.stalled)
+
+    def _error(self, key: tuple[str, str], info: dict, now: datetime) -> None:
+        node, name = key
+        if info.get("state") == "error":
+            reason = info.get("last_error") or "unknown"
+            if self.errors.get(key) != reason:
+                self.errors[key] = reason
+                msg = f"AIM set {name} on {node} cannot replicate: {reason}"
+                log.warning(msg)
+                self.store.event(now, "aim_error", msg, details={"node": node, "aim_set": name, "reason": reason})
+        elif key in self.errors and info.get("state") == "replicating":
+            del self.errors[key]
+            self.store.event(now, "recovered", f"AIM set {name} on {node} replicates again",
+                             details={"node": node, "aim_set": name})
