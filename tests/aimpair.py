@@ -39,8 +39,16 @@ class Pair:
         self.dst = Side(dst_root or str(tmp_path / "dst"))
 
     def stop(self) -> None:
-        assert self.src.stop() == 0, self.src.log()
-        assert self.dst.stop() == 0, self.dst.log()
+        """Stop both (the second even when the first fails), then say how each ended."""
+        codes = []
+        for side in (self.src, self.dst):
+            try:
+                codes.append(side.stop())
+            except Exception as e:  # noqa: BLE001 - a timeout: reported below, the other still stopped
+                side.proc.proc.kill()
+                codes.append(repr(e))
+        assert codes[0] == 0, self.src.log()
+        assert codes[1] == 0, self.dst.log()
 
     def replicate(self, volume: str, size: int, *, dest_snapshots=("pit",), journal_limit="1GiB",
                   to: str | None = None, source_exists: bool = False) -> str:
