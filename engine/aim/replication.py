@@ -90,13 +90,9 @@ class Replication:
         for aim in self.sets.values():
             aim.volume.flush()
             aim.observer.checkpoint()
-            self._detach(aim)
-
-    def _detach(self, aim: AimSet) -> None:
-        aim.stop()
-        with aim.volume.lock:
-            aim.volume.observers.remove(aim.observer)
-        aim.close()
+            with aim.volume.lock:
+                aim.volume.observers.remove(aim.observer)
+            aim.close()
 
     def aim_set(self, name: str) -> AimSet:
         try:
