@@ -3,6 +3,7 @@ through the control API client the CLI uses."""
 
 import signal
 import time
+from collections.abc import Callable
 
 from engine.client.remote import RemoteNode
 
@@ -10,20 +11,26 @@ from orchestrator.demo.localnode import NodeProc, start_node
 
 
 class Side:
-    def __init__(self, root: str) -> None:
-        self.root = root
-        self.proc: NodeProc = start_node(root)
+    """One node. ``boot`` gives the command prefix of each start (e.g. a fresh boot id), and
+    ``log_path`` where its output goes (default beside the root)."""
+
+    def __init__(self, root: str, *, boot: Callable[[], tuple[str, ...]] = tuple, log_path: str | None = None) -> None:
+        self.root, self.boot, self.log_path = root, boot, log_path
+        self.ports: dict = {}
+        self.start()
         self.ports = {"api": self.proc.api.removeprefix("http://"), "nbd": self.proc.nbd, "aim": self.proc.aim}
-        self.api = self._client()
 
-    def _client(self) -> RemoteNode:
-        return RemoteNode(self.proc.api, self.proc.token, timeout=120)
+    def start(self) -> None:
+        self.proc: NodeProc = start_node(self.root, ports=self.ports, prefix=self.boot(), log_path=self.log_path)
+        self.api = RemoteNode(self.proc.api, self.proc.token, timeout=120)
 
-    def restart(self, sig: int = signal.SIGKILL) -> None:
+    def kill(self, sig: int = signal.SIGKILL) -> None:
         self.api.close()
         self.proc.stop(sig)
-        self.proc = start_node(self.root, ports=self.ports)
-        self.api = self._client()
+
+    def restart(self, sig: int = signal.SIGKILL) -> None:
+        self.kill(sig)
+        self.start()
 
     def stop(self) -> int:
         self.api.close()
@@ -34,9 +41,11 @@ class Side:
 
 
 class Pair:
-    def __init__(self, tmp_path, dst_root: str | None = None, src_root: str | None = None) -> None:
-        self.src = Side(src_root or str(tmp_path / "src"))
-        self.dst = Side(dst_root or str(tmp_path / "dst"))
+    def __init__(self, tmp_path, dst_root: str | None = None, src_root: str | None = None, *,
+                 src: dict | None = None, dst: dict | None = None) -> None:
+        """``src`` and ``dst``: keyword arguments of each :class:`Side`."""
+        self.src = Side(src_root or str(tmp_path / "src"), **(src or {}))
+        self.dst = Side(dst_root or str(tmp_path / "dst"), **(dst or {}))
 
     def stop(self) -> None:
         """Stop both (the second even when the first fails), then say how each ended."""

@@ -33,6 +33,10 @@ class AimSet:
             self.token = f.read().strip()
         self.tls = tlsctx.client_tls(os.path.join(directory, "dest-ca.pem")) if record.tls else None
         self.journal = Journal(os.path.join(directory, "journal"))
+        self.journal_end = self.journal.next_seq  # what the disk kept: a marker at or past it was lost
+        # never reuse a number the destination acknowledged or a resync started from (a power cut
+        # can take back a journal tail the destination had already applied)
+        self.journal.skip_to(max(record.acked_seq, record.checkpoint_seq, (record.resync_from or 1) - 1) + 1)
         self.dirty = BlockBitmap(os.path.join(directory, "dirty.bm"), volume.nblocks)
         self.observer = JournalObserver(record, volume, self.journal, self.dirty, meta, self._overflowed)
         self.state = State.PAUSED if record.paused else State.DISCONNECTED

@@ -7,6 +7,10 @@ reclaimed: up to :data:`SPARES` are renamed ``*.spare`` and reused by the next s
 append overwrites blocks the file system has already allocated (and pages still cached) instead
 of allocating new ones (measured: half the kernel time per append). A reused file holds old
 entries past the new tail; they are out of sequence, so a scan stops before them.
+
+Sequence numbers never go back, not even after a power cut took the unsynced tail: an empty
+segment's name still says where the journal goes on (a reset leaves one), and :meth:`skip_to`
+moves past numbers the destination or the ledger has already seen.
 """
 
 import errno
@@ -17,7 +21,7 @@ from typing import BinaryIO
 from dataclasses import dataclass
 
 from . import frames
-from ..storage.fsutil import fsync_dir
+from ..storage.fsutil import fsync_dir, make_dir
 
 SEGMENT_BYTES = 64 << 20  # a batch may take the last segment slightly past it
 IOV_MAX = 1024
@@ -37,7 +41,7 @@ class Segment:
 class Journal:
     def __init__(self, directory: str) -> None:
         self.dir = directory
-        os.makedirs(directory, exist_ok=True)
+        make_dir(directory)
         self.segments: list[Segment] = []
         self._fd: int | None = None  # the tail segment, appended to under the volume lock
         self._unsynced: list[int] = []  # earlier segments written since the last sync()
@@ -65,6 +69,8 @@ class Journal:
             if seg.last:
                 self.segments.append(seg)
                 self.next_seq = seg.last + 1
+            elif first >= self.next_seq and name == names[-1][1]:
+                self.next_seq = first  # an empty tail (after a reset, or a cut): where the numbers go on
             else:
                 os.unlink(path)
 
@@ -119,8 +125,9 @@ class Journal:
     def _roll_locked(self, first: int, time_ns: int) -> None:
         if self._fd is not None:  # made durable by the next sync(), not here on the write path
             self._unsynced.append(self._fd)
-        if self.segments and self.segments[-1].size < SEGMENT_BYTES:  # reopen the tail after a restart
-            seg = self.segments[-1]
+        tail = self.segments[-1] if self.segments else None
+        if tail and tail.size < SEGMENT_BYTES and (tail.last or tail.first - 1) + 1 == first:
+            seg = tail  # reopen the tail after a restart (unless skip_to() moved past it)
         else:
             seg = Segment(first, 0, os.path.join(self.dir, f"{first:020d}.seg"), 0, time_ns)
             self.segments.append(seg)
@@ -179,8 +186,25 @@ class Journal:
         for seg in self.segments:
             os.unlink(seg.path)
         self.segments = []
-        fsync_dir(self.dir)
+        self._mark_empty(next_seq)
         self.next_seq = next_seq
+
+    def skip_to(self, seq: int) -> None:
+        """Continue at ``seq`` if it is beyond the end (called at open, before any append): the
+        numbers in between were seen elsewhere, and a scan must not find them twice."""
+        if seq <= self.next_seq:
+            return
+        with self._fd_lock:
+            self._unsynced += [self._fd] if self._fd is not None else []
+            self._fd = None
+        self._mark_empty(seq)
+        self.next_seq = seq
+
+    def _mark_empty(self, seq: int) -> None:
+        """An empty segment named ``seq``, durably: the journal's next number after a restart."""
+        path = os.path.join(self.dir, f"{seq:020d}.seg")
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        fsync_dir(self.dir)
 
     def backlog(self, acked: int) -> tuple[int, int, int]:
         """(entries, bytes, time_ns of the oldest) after ``acked``: reads headers only."""

@@ -32,6 +32,20 @@ class Markers:
         self.meta.execute("UPDATE markers SET state='failed', error='lost in a crash before it was journaled' "
                           "WHERE state='issued' AND seq IS NULL")
 
+    def fail_lost(self, aim_set: str, journal_end: int) -> None:
+        """At load: markers whose journal entry (at ``journal_end`` or later) the disk did not keep,
+        issued as the power went (their issue never answered: an answered one was synced)."""
+        self.fail_outstanding(aim_set, "lost in a power loss before it was durable in the source's journal",
+                              from_seq=journal_end)
+
+    def fail_outstanding(self, aim_set: str, error: str, *, from_seq: int = 0, before_seq: int | None = None) -> None:
+        """Fail the set's journaled markers still waiting, with sequence in [from_seq, before_seq)."""
+        self.meta.execute("UPDATE markers SET state='failed', error=? WHERE aim_set=? AND state='issued' AND "
+                          "seq IS NOT NULL AND seq >= ? AND seq < ?", error, aim_set, from_seq,
+                          before_seq if before_seq is not None else 1 << 62)
+        with self.waiters:
+            self.waiters.notify_all()
+
     def sequenced(self, marker_id: int, seq: int) -> None:
         """The marker is journal entry ``seq`` (also said at load for a marker that reached the
         journal just before a crash: the destination will apply it, so it must not be failed)."""
@@ -53,9 +67,9 @@ class Markers:
                                  (aim.name, group, group_id, snapshot, snapshot_set, label, "issued", iso(now)))
                 marker_id = cur.lastrowid
             if aim.record.overflowed:
-                self.result(marker_id, {"state": "failed", "error": f"AIM set {aim.name!r} is tracking dirty "
-                                        "blocks (its initial sync, or the journal limit was reached): markers "
-                                        "resume after the resync"})
+                self.result(marker_id, {"state": "failed", "error": f"AIM set {aim.name!r} is resynchronising, "
+                                        "tracking dirty blocks (its initial sync, the journal limit reached, or a "
+                                        "restart after a power loss): markers resume after the resync"})
             else:
                 payload: dict = {"id": marker_id, "snapshot": snapshot, "label": label, "point": point_stamp(now),
                                  "issued_at": iso(now)}

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from ..errors import AlreadyExists, Conflict, EngineError, InvalidInput, NotFound
 from ..net import tls as tlsctx
 from ..storage.bitmap import BlockBitmap
-from ..storage.fsutil import data_extents
+from ..storage.fsutil import data_extents, make_dir, write_new
 from ..storage.names import check_name, iso
 from ..storage.storage import Storage
 from ..storage.units import parse_size
@@ -61,6 +61,7 @@ class Replication:
             if self.storage.unclean_machine_restart:  # the page cache was lost: trust nothing, resync
                 aim.observer.track_all()
             aim.volume.observers.append(aim.observer)
+            self.ledger.fail_lost(aim.name, aim.journal_end)
             replayed = aim.observer.replay(self.ledger.sequenced)
             if replayed:
                 log.info("aim %s: replayed %d journal entries into %s after an unclean stop",
@@ -136,11 +137,10 @@ class Replication:
         set_id = uuid.uuid4().hex
         d = self.storage.files.aim_set(name)
         shutil.rmtree(d, ignore_errors=True)
-        os.makedirs(d)
+        make_dir(d)  # its files are durable before the row that makes the set exist
         tls = None
         if tls_ca:
-            with open(os.path.join(d, "dest-ca.pem"), "w") as f:
-                f.write(tls_ca)
+            write_new(os.path.join(d, "dest-ca.pem"), tls_ca.encode())
             try:
                 tls = tlsctx.client_tls(os.path.join(d, "dest-ca.pem"))
             except (OSError, ValueError) as e:
@@ -153,9 +153,7 @@ class Replication:
         except EngineError:
             shutil.rmtree(d, ignore_errors=True)
             raise
-        fd = os.open(os.path.join(d, "dest.token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token)
+        write_new(os.path.join(d, "dest.token"), token.encode())
         record = Record(name, set_id, vol.name, host, port, dest_volume, limit, tls is not None,
                         iso(self.storage.clock()))
         with self.storage.lock, vol.lock:  # the initial sync copies every block written so far
@@ -261,7 +259,9 @@ class Replication:
     def issue_marker(self, aim_set: str, snapshot: str | None, label: str | None = None) -> dict:
         aim = self.aim_set(aim_set)
         with aim.volume.lock:
-            return self.ledger.issue([aim], snapshot=snapshot, label=label)[0]
+            row = self.ledger.issue([aim], snapshot=snapshot, label=label)[0]
+        aim.journal.sync()  # durable before it is answered: a power cut cannot take an issued marker back
+        return row
 
     def issue_group_marker(self, group: str, snapshot_set: str, label: str | None = None) -> dict:
         """One write-order point across every member: all their source volumes are locked while
@@ -271,6 +271,8 @@ class Replication:
             raise InvalidInput("a group marker names the destination snapshot set to enable (--snapshot-set)")
         with barrier(a.volume for a in members):
             rows = self.ledger.issue(members, group=group, snapshot_set=snapshot_set, label=label)
+        for a in members:  # after the barrier: the members' writes go on meanwhile
+            a.journal.sync()
         return self.ledger.group_marker(rows[0]["group_marker"])
 
     def markers(self, aim_set: str | None = None, limit: int = 100) -> list[dict]:

@@ -34,6 +34,11 @@ SMALL_BATCH = 1 << 20
 BATCH_DELAY = 0.002
 STREAM_TIMEOUT = 120.0  # the destination acknowledges or answers a heartbeat well within this
 ACK_PERSIST_SECONDS = 1.0
+# the backoff starts over only when the set proves it works: an acknowledgement beyond where the
+# session began, a completed resync, or a stream up this long. A handshake proves nothing: a fault
+# right after it (the destination refusing, the source's own storage failing) would otherwise retry
+# ten times a second forever
+STEADY_SECONDS = 10.0
 Connect = Callable[[], Connection]
 
 
@@ -75,8 +80,6 @@ class Sender:
             for result in answer.get("marker_results", []):
                 aim.markers.result(result["id"], result)
             conn.settimeout(STREAM_TIMEOUT)
-            if not self._refused:  # the link works again; after a refusal only progress proves anything
-                aim.supervisor.healthy()
             self.session(conn, int(answer.get("applied_seq", 0)), bool(answer.get("resyncing")))
         except BaseException as e:
             if not self.active:
@@ -127,7 +130,11 @@ class Sender:
 
     def stream(self, conn: Connection, cursor: Cursor, reader: threading.Thread, epoch: int) -> None:
         rec, obs = self.aim.record, self.obs
+        steady_at: float | None = self.monotonic() + STEADY_SECONDS
         while self.active and epoch == obs.epoch and reader.is_alive():
+            if steady_at is not None and self.monotonic() >= steady_at:
+                steady_at = None  # up this long without a fault (an idle set acknowledges nothing)
+                self.aim.supervisor.healthy()
             sent, range_bytes, iteration_bytes = False, 0, 0
             landed, tail_first, tail_size = obs.landed
             for first, last, time_ns, f, pos, count in cursor.ranges(landed, tail_first, tail_size):
@@ -207,6 +214,11 @@ class Sender:
             pending = dirty.take()
             if rec.resync_from is None:
                 rec.resync_from = obs.journal.next_seq
+            # markers journaled before the resync point are never shipped (the copy replaces the
+            # stream up to there); the handshake already took the results the destination had
+            aim.markers.fail_outstanding(aim.name, "the AIM set resynchronised before the marker reached the "
+                                         "destination (the journal limit, or a restart after a power loss)",
+                                         before_seq=rec.resync_from)
             rec.overflowed = False
             rec.save(aim.meta)
             obs.backlog.reset(rec.resync_from - 1)

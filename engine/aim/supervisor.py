@@ -3,8 +3,8 @@
 A step that returns ran well. A step that raises, whatever the exception, is logged with its
 reason, counted, kept as ``last_error`` (what ``aim status`` and ``/metrics`` show) and run again
 after an exponential backoff with jitter, from 100 ms up to 30 s. A step that reaches a healthy
-point (the sender: a handshake accepted) calls :meth:`Supervisor.healthy`, and the backoff starts
-over. Time is passed in: tests give a ``sleep`` that records instead of waiting.
+point (the sender: progress, see ``sender.STEADY_SECONDS``) calls :meth:`Supervisor.healthy`, and
+the backoff starts over. Time is passed in: tests give a ``sleep`` that records instead of waiting.
 """
 
 import logging

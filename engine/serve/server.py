@@ -22,7 +22,7 @@ from ..aim.receiver import Receiver
 from ..errors import InvalidInput
 from ..net.tls import server_tls
 from ..node import Node
-from ..storage.fsutil import atomic_write
+from ..storage.fsutil import atomic_write, make_dir, write_new
 from .api import make_app
 from .metrics import NodeMetrics
 from .nbd import NbdServer
@@ -59,9 +59,7 @@ def load_or_create_token(path: str) -> tuple[str, bool]:
             raise InvalidInput(f"token file {path} holds no usable token (at least 16 characters)")
         return token, False
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    write_new(path, f"{token}\n".encode())  # durable before anyone is given it
     return token, True
 
 
@@ -72,7 +70,7 @@ def _address(sock: socket.socket) -> str:
 
 async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None,
                 aim_tls: tuple[str, str] | None = None) -> None:
-    os.makedirs(root, exist_ok=True)
+    make_dir(root)
     token_file = token_file or os.path.join(root, "api.token")
     token, created = load_or_create_token(token_file)
     sockets = {"api": api.bind(), "nbd": nbd.bind(), "aim": aim.bind()}

@@ -17,6 +17,7 @@ import json
 import os
 
 from ..errors import Conflict, NotFound
+from .fsutil import fsync_dir, make_dir
 
 
 def _boot_id() -> str:
@@ -37,7 +38,7 @@ class Root:
         if not create and not os.path.exists(self.db):
             raise NotFound(f"{self.path} is not an aimsnap node root (no node.db): create a volume there first")
         for sub in ("", *self.SUBDIRS):
-            os.makedirs(os.path.join(self.path, sub), exist_ok=True)
+            make_dir(os.path.join(self.path, sub))
         self._lock_fd = self._take()
         self.unclean_machine_restart = self._check_last_close()
 
@@ -63,6 +64,12 @@ class Root:
         except ValueError:
             return True
         return not last.get("clean", True) and last.get("boot_id") != _boot_id()
+
+    def made(self) -> None:
+        """The root and the files made at open (the lock, a new node.db) are there for good, even
+        if another program made the directory without syncing it."""
+        fsync_dir(self.path)
+        fsync_dir(os.path.dirname(self.path))
 
     def mark(self, *, clean: bool) -> None:
         """Record whether the root is closed cleanly (``False`` while it is open)."""

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from ..errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from .bitmap import BlockBitmap
-from .fsutil import create_sparse, data_extents, fsync_dir
+from .fsutil import create_sparse, data_extents, fsync_dir, make_dir
 from .meta import Meta
 from .names import Clock, check_label, check_name, iso, point_stamp, utcnow
 from .root import Root
@@ -46,6 +46,7 @@ class Storage(SnapshotSets):
         self.enable_listeners: list[Callable[[EnableResult], None]] = []  # e.g. metrics
         try:
             self.meta = Meta(self.files.db)
+            self.files.made()
             try:
                 self._load()
             except BaseException:
@@ -232,7 +233,7 @@ class Storage(SnapshotSets):
                     rel: Relationship = CompleteImage(name, src, self.volumes[name], dirty, self.meta, "new")
                     src.observers.append(rel)
             else:
-                os.makedirs(self.files.points(name), exist_ok=True)
+                make_dir(self.files.points(name))
                 with src.lock:
                     self.meta.execute("INSERT INTO snapshots (name,type,source,state,created_at) VALUES (?,?,?,?,?)",
                                       name, type, source, "new", now)

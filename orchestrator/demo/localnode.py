@@ -42,7 +42,10 @@ class NodeProc:
 
 
 def start_node(root: str, *, token_file: str | None = None, timeout: float = 20, ports: dict | None = None,
-               extra: tuple[str, ...] = (), prefix: tuple[str, ...] = (), new_session: bool = False) -> NodeProc:
+               extra: tuple[str, ...] = (), prefix: tuple[str, ...] = (), new_session: bool = False,
+               log_path: str | None = None) -> NodeProc:
+    """Start a node on ``root`` and wait until it serves. Its output goes to ``log_path`` (default
+    ``ROOT.log``); ``prefix`` runs before the interpreter (a wrapper such as ``unshare``)."""
     root = os.path.abspath(root)
     os.makedirs(root, exist_ok=True)
     info_path = os.path.join(root, "node.json")
@@ -55,10 +58,11 @@ def start_node(root: str, *, token_file: str | None = None, timeout: float = 20,
     if token_file:
         args += ["--token-file", os.path.abspath(token_file)]
     args += list(extra)
-    log_path = f"{root}.log"
-    log = open(log_path, "ab")
-    # cwd: the root, so that no module beside the caller (bench/policies.py) shadows a package
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session, cwd=root)
+    log_path = log_path or f"{root}.log"
+    with open(log_path, "ab") as log:  # the child has its own descriptor
+        # cwd: the root, so that no module beside the caller (bench/policies.py) shadows a package
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=new_session,
+                                cwd=root)
     deadline = time.monotonic() + timeout
     while not os.path.exists(info_path):
         if proc.poll() is not None or time.monotonic() > deadline:

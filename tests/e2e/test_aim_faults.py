@@ -3,87 +3,13 @@ connection, corrupt frames in flight, overflow the journal limit; each at random
 least 20 times. Afterwards no acknowledged write is lost, applied markers are in order, every
 applied marker's point equals the source at its issue, and the replica equals the source."""
 
-import random
-import threading
 import time
 
-
-from engine import EngineError
-
-from ..aimpair import Pair, read_all, read_point
+from ..campaign import SLOT, SLOTS, Campaign
 from ..conftest import FULL
 from ..tcpproxy import Proxy
 
-SLOT = 4096
-SLOTS = 512  # a 2 MiB volume
 ROUNDS = 40 if FULL else 20
-
-
-class Campaign:
-    def __init__(self, pair: Pair, aim: str, seed: int) -> None:
-        self.pair, self.aim = pair, aim
-        self.rng = random.Random(seed)
-        self.model = bytearray(SLOTS * SLOT)
-        self.expected: dict[int, tuple[str, bytes]] = {}
-        self.uncertain: dict[int, bytes] = {}
-
-    def write(self) -> None:
-        slot = self.rng.randrange(SLOTS)
-        data = self.rng.randbytes(SLOT)
-        try:
-            self.pair.src.api.write("v", slot * SLOT, data)
-            self.model[slot * SLOT:(slot + 1) * SLOT] = data
-        except EngineError:  # the source died under us: the write may or may not be there
-            self.uncertain[slot] = data
-            raise
-
-    def resolve(self) -> None:
-        """After a source restart: an unacknowledged write is either there or not, nothing else."""
-        for slot, data in self.uncertain.items():
-            got = self.pair.src.api.read("v", slot * SLOT, SLOT)
-            assert got in (bytes(self.model[slot * SLOT:(slot + 1) * SLOT]), data), f"slot {slot} is torn"
-            self.model[slot * SLOT:(slot + 1) * SLOT] = got
-        self.uncertain.clear()
-
-    def marker(self, label: str) -> None:
-        m = self.pair.src.api.replication.issue_marker(self.aim, "v-dr-pit", label)
-        self.expected[m["id"]] = (label, bytes(self.model))
-
-    def round(self, i: int, fault) -> None:
-        t = threading.Timer(self.rng.uniform(0.0, 0.25), fault)
-        t.start()
-        try:
-            for _ in range(self.rng.randrange(3, 15)):
-                self.write()
-            self.marker(f"r{i}")
-            for _ in range(self.rng.randrange(0, 5)):
-                self.write()
-        except EngineError:
-            pass
-        t.join()
-        for _ in range(200):  # the source may still be starting
-            try:
-                self.resolve()
-                break
-            except EngineError:
-                time.sleep(0.05)
-
-    def verify(self, allow_failed: tuple[str, ...] = ()) -> int:
-        api = self.pair.src.api
-        self.pair.wait_caught_up(self.aim, timeout=120)
-        applied = []
-        for marker_id, (label, content) in sorted(self.expected.items()):
-            m = api.replication.wait(marker_id, 60)
-            if m["state"] == "failed" and allow_failed and any(a in m["error"] for a in allow_failed):
-                continue
-            assert m["state"] == "applied", m
-            assert read_point(self.pair.dst.api, "v-dr-pit", m["point"], SLOTS * SLOT) == content, f"point {label}"
-            applied.append(m)
-        times = [m["applied_at"] for m in sorted(applied, key=lambda m: m["id"])]
-        assert times == sorted(times), "markers were applied out of order"
-        assert read_all(api, "v", SLOTS * SLOT) == bytes(self.model), "an acknowledged write was lost"
-        assert read_all(self.pair.dst.api, "v-dr", SLOTS * SLOT) == bytes(self.model), "replica differs"
-        return len(applied)
 
 
 def test_sigkill_the_source(pair):

@@ -86,7 +86,7 @@ def test_a_cut_link_is_reported_and_the_sender_reconnects_by_itself(sites):
         src.write("v", round_ * 8192 + 4096, b"after the cut")
         _caught_up(src, "v-aim")
     status = src.replication.info("v-aim")
-    assert status["errors"] >= 5 and status["last_error"] is None  # cleared by the next handshake
+    assert status["errors"] >= 5 and status["last_error"] is None  # cleared by the progress after it
     assert all(w < 0.2 for w in sleep.waits)  # each reconnect after a healthy session waits the least
     m = _marker(src, "after-cuts")
     assert dst.read_snapshot("v-dr-pit", m["point"], 0, SIZE) == src.read("v", 0, SIZE)
@@ -110,6 +110,32 @@ def test_any_failure_is_reported_and_retried_with_backoff(sites):
     status = src.replication.info("v-aim")
     assert status["errors"] >= n + 1 and status["last_error"] is None
     assert dst.read("v-dr", 0, 64).startswith(b"written while the destination is unreachable")
+
+
+def test_a_fault_right_after_the_handshake_backs_off_too(sites, monkeypatch):
+    """The source's own storage failing as each session starts (seen in the power-loss campaign:
+    a bad descriptor at every resync) must not retry ten times a second forever: a handshake is
+    not progress, so the waits double, and ``last_error`` keeps saying why."""
+    src, dst, link, sleep = sites
+    src.replication.create("v-aim", "v", "dr.example:7411/v-dr", TOKEN)
+    _caught_up(src, "v-aim")
+    sender = src.replication.aim_set("v-aim").sender
+    real, faults = sender.session, [OSError(9, "Bad file descriptor") for _ in range(6)]
+
+    def failing(*a, **kw):
+        if faults:
+            raise faults.pop(0)
+        return real(*a, **kw)
+    monkeypatch.setattr(sender, "session", failing)
+    before = len(sleep.waits)
+    link.cut()
+    status = _wait(lambda: (s := src.replication.info("v-aim"))["errors"] >= 6 and s, what="failures")
+    assert "Bad file descriptor" in status["last_error"]
+    src.write("v", 0, b"after the faults")
+    _caught_up(src, "v-aim")
+    waits = sleep.waits[before:before + 7]  # the cut session, then each failed one
+    for i, w in enumerate(waits):
+        assert min(30.0, 0.1 * 2 ** i) <= w <= min(30.0, 0.15 * 2 ** i), (i, waits)
 
 
 def test_status_shows_the_reason_while_it_fails(sites):
