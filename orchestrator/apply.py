@@ -7,7 +7,7 @@ from engine import EngineError, NotFound, parse_size
 from engine.interface import NodeAPI
 from policies.model import Bundle, Resource
 
-from .nodes import Nodes, read_token
+from .nodes import Nodes, read_file, read_token
 
 ORDER = ("volume", "snapshot", "snapshot_set", "aim_set", "group")
 
@@ -95,6 +95,6 @@ def _create(bundle: Bundle, nodes: Nodes, api: NodeAPI, r: Resource) -> None:
         api.replication.create_group(r.name, s["members"])
     elif r.kind == "aim_set":
         dest = bundle.nodes[s["to"]["node"]]
-        tls = open(dest.aim_tls_ca).read() if dest.aim_tls_ca else None
+        tls = read_file(dest.aim_tls_ca, "CA certificate") if dest.aim_tls_ca else None
         api.replication.create(r.name, s["source"], f"{dest.aim}/{s['to']['volume']}", read_token(dest.token_file),
                                s.get("journal_limit"), tls)

@@ -8,14 +8,19 @@ from engine.interface import NodeAPI
 from policies.model import Bundle
 
 
+def read_file(path: str, what: str) -> str:
+    """A small file the operator names (a token, a CA certificate), or a clear error."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {what} {path}: {e.strerror}") from None
+
+
 def read_token(path: str | None) -> str:
     if not path:
         raise InvalidInput("--node needs --token-file (or $AIMSNAP_TOKEN_FILE): the node's API token")
-    try:
-        with open(path) as f:
-            token = f.read().strip()
-    except OSError as e:
-        raise InvalidInput(f"cannot read token file {path}: {e.strerror}") from None
+    token = read_file(path, "token file").strip()
     if not token:
         raise InvalidInput(f"token file {path} is empty")
     return token
@@ -23,26 +28,47 @@ def read_token(path: str | None) -> str:
 
 class Nodes:
     """API clients for the declared nodes, one per node and thread (an HTTP connection is not
-    shared between threads), opened on first use."""
+    shared between threads), opened on first use.
+
+    A client is only ever closed by the thread that uses it, between its requests (a reload must
+    not cut a run's long-poll of its marker): :meth:`update` starts a new generation, and each
+    thread replaces its clients of an older one at its next call. :meth:`close`, at shutdown,
+    after every run has ended, closes them all."""
 
     def __init__(self, bundle: Bundle) -> None:
         self.bundle = bundle
+        self.generation = 0
         self._local = threading.local()
-        self._all: list[RemoteNode] = []
+        self._all: set[RemoteNode] = set()
         self._lock = threading.Lock()
 
+    def update(self, bundle: Bundle) -> None:
+        """New node declarations (a reload): threads take new clients at their next call."""
+        with self._lock:
+            self.bundle = bundle
+            self.generation += 1
+
     def __call__(self, name: str) -> NodeAPI:
-        clients = getattr(self._local, "clients", None)
-        if clients is None:
-            clients = self._local.clients = {}
+        local = self._local
+        if getattr(local, "generation", None) != self.generation:
+            self._drop(getattr(local, "clients", {}).values())  # this thread's own, idle between calls
+            local.clients, local.generation = {}, self.generation
+        clients = local.clients
         if name not in clients:
             spec = self.bundle.nodes[name]
             clients[name] = RemoteNode(spec.api, read_token(spec.token_file))
             with self._lock:
-                self._all.append(clients[name])
+                self._all.add(clients[name])
         return clients[name]
+
+    def _drop(self, clients) -> None:
+        for c in list(clients):
+            c.close()
+            with self._lock:
+                self._all.discard(c)
 
     def close(self) -> None:
         with self._lock:
-            for c in self._all:
-                c.close()
+            clients, self._all = list(self._all), set()
+        for c in clients:
+            c.close()

@@ -5,7 +5,7 @@ import click
 from engine import InvalidInput
 from policies.durations import DurationError, parse_duration
 
-from ..nodes import read_token
+from ..nodes import read_file, read_token
 from .storage import Target, json_option, pass_target
 from .output import print_fields, print_json, print_table
 
@@ -38,7 +38,7 @@ def aim_create(target: Target, name: str, source: str, to: str, to_token_file: s
                to_tls_ca: str | None, as_json: bool) -> None:
     """Create an AIM set; the destination volume must exist with the same size."""
     token = read_token(to_token_file)
-    tls_ca = open(to_tls_ca).read() if to_tls_ca else None
+    tls_ca = read_file(to_tls_ca, "CA certificate") if to_tls_ca else None
     with target.node() as node:
         info = node.replication.create(name, source, to, token, journal_limit, tls_ca)
     print_json(info) if as_json else click.echo(f"created AIM set {name}: {source} -> {to}")

@@ -67,7 +67,7 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
             reload.clear()
             orch.reload()
         for name in orch.store.take_requests(now):
-            threading.Thread(target=orch.trigger, args=(name,), daemon=True).start()
+            orch.request(name)
         if time.monotonic() - last_dog >= 10:
             last_dog = time.monotonic()
             dog.check(now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class Runner:
         self.locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._index: dict[str, Policy] = {}
         self._indexed: Bundle | None = None  # the bundle _index was built from (a reload brings a new one)
+        self._timed_out: list[threading.Thread] = []  # runs past their timeout, still ending
+        self._timed_out_lock = threading.Lock()
 
     def policy(self, name: str) -> Policy | None:
         bundle = self.bundle()
@@ -131,6 +134,16 @@ class Runner:
             if release:
                 adm.lock.release()  # type: ignore[union-attr]
 
+    def join_timed_out(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` s in all for runs that outlived their timeout; the policies of
+        those still running (daemon threads: they end with the process)."""
+        deadline = time.monotonic() + timeout
+        with self._timed_out_lock:
+            threads = list(self._timed_out)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return [t.name.removeprefix("timed-out-") for t in threads if t.is_alive()]
+
     def _missed(self, policy: Policy, due: tuple[datetime, ...], now: datetime) -> RunRow:
         late = (now - due[-1]).total_seconds()
         what = f"{len(due)} runs due from {iso(due[0])} to {iso(due[-1])}" if len(due) > 1 else \
@@ -170,7 +183,10 @@ class Runner:
             def release_when_done() -> None:  # no overlap: the next run waits for this one to end
                 worker.join()
                 lock.release()
-            threading.Thread(target=release_when_done, daemon=True).start()
+            watcher = threading.Thread(target=release_when_done, name=f"timed-out-{policy.name}", daemon=True)
+            with self._timed_out_lock:
+                self._timed_out = [t for t in self._timed_out if t.is_alive()] + [watcher]
+            watcher.start()
             return "timeout", False
         status = outcome.get("status", "failed")
         self.store.finish_run(run_id, status, self.clock(), outcome.get("error"), ctx.details)

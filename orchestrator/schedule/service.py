@@ -31,6 +31,7 @@ from .runner import Admission, Runner
 log = logging.getLogger("aimsnap.scheduler")
 MAX_CATCH_UP_SCAN = 100000
 LINGER = 0.002  # seconds without a new due job that end a wave
+SHUTDOWN_GRACE = 30.0  # seconds shutdown waits for runs that outlived their timeout
 
 
 def utcnow() -> datetime:
@@ -68,6 +69,18 @@ class PolicyExecutor(BaseExecutor):
             self.dispatcher.join()
         if self.pool is not None:
             self.pool.shutdown(wait=wait)
+
+    def run_now(self, fn: Callable[..., object], *args: object) -> bool:
+        """Run ``fn`` on the runs' pool (inline: here), so that shutdown waits for it like any run;
+        False once shutting down."""
+        if self.inline:
+            fn(*args)
+            return True
+        with self.wake:
+            if self.closing or self.pool is None:
+                return False
+            self.pool.submit(fn, *args)
+        return True
 
     def _do_submit_job(self, job, run_times):
         adm = self.runner.admit(job.id, run_times[-1], overdue=tuple(run_times[:-1]))
@@ -179,6 +192,8 @@ class Orchestrator:
         self.scheduler.pause()
         self.executor.shutdown(wait=wait)
         self.scheduler.shutdown(wait=False)
+        for name in self.runner.join_timed_out(SHUTDOWN_GRACE if wait else 0):
+            log.warning("policy %s: a run that timed out is still running at shutdown; it is abandoned", name)
         if not wait:
             self.store.interrupt_running(self.clock())
         if hasattr(self._nodes, "close"):
@@ -194,10 +209,11 @@ class Orchestrator:
             self.store.event(self.clock(), "reload-refused", f"{len(e.problems)} problem(s)",
                              details={"problems": [str(p) for p in e.problems]})
             return e.problems
-        if hasattr(self._nodes, "close"):
-            self._nodes.close()
         self.bundle = bundle
-        self._nodes = self._nodes_factory(bundle)
+        if hasattr(self._nodes, "update"):  # runs in progress keep their clients (see Nodes)
+            self._nodes.update(bundle)
+        else:
+            self._nodes = self._nodes_factory(bundle)
         self._sync_jobs(bundle)
         self.store.event(self.clock(), "reload", f"{len(self.jobs)} job(s)")
         return []
@@ -258,3 +274,10 @@ class Orchestrator:
 
     def trigger(self, policy: str) -> str | None:
         return self.runner.fire(policy, None, trigger="manual")
+
+    def request(self, policy: str) -> bool:
+        """A manual trigger from the outcome store, run like the scheduled runs (shutdown waits)."""
+        started = self.executor.run_now(self.trigger, policy)
+        if not started:
+            log.warning("policy %s: manual trigger not started: the orchestrator is stopping", policy)
+        return started

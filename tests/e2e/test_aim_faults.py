@@ -36,12 +36,14 @@ def test_drop_the_connection_and_corrupt_frames(pair):
             def corrupt() -> None:
                 proxy.corrupt_next += 1
             c.round(i, corrupt)
-            # one corruption at a time: a pile of them would fail every reconnect in a row, and the
-            # sender's backoff (up to 30 s) would then be what this test measures
+            # one corruption at a time, each into a healthy stream: a corruption that hits the
+            # reconnect after the last one fails a session that made no progress, the backoff grows
+            # (as it must), and a pile of them would make the backoff (up to 30 s) what this measures
             deadline = time.monotonic() + 10
             while proxy.corrupt_next and time.monotonic() < deadline:
                 c.write()
                 time.sleep(0.05)
+            pair.wait_caught_up(c.aim, timeout=60)
         assert c.verify() == len(c.expected)
         assert proxy.dropped >= ROUNDS and proxy.corrupted >= ROUNDS // 2
         assert "checksum mismatch" in pair.dst.log() or "bad frame" in pair.dst.log()

@@ -48,7 +48,7 @@ class PowerCampaign(Campaign):
         super().__init__(pair, aim, seed)
         self.sites = sites
         self.cuts = {"src": 0, "dst": 0}
-        self.allowed_failures: set[int] = set()  # markers outstanding when the source lost power
+        self.allowed_failures: set[int] = set()  # markers still outstanding when the source lost power
         self.journal_from: int | None = None  # the journal's last seq when this round began (None: not journaling)
         self.entries = self.acked_entries = 0  # entries appended this round; up to the last acknowledged write
         self.unflushed: dict[int, list[bytes]] = {}  # slot -> what it held at the last flush, then each write since
@@ -114,6 +114,9 @@ class PowerCampaign(Campaign):
 
     def power_cut(self, which: tuple[str, ...]) -> None:
         sides = {"src": self.pair.src, "dst": self.pair.dst}
+        if "src" in which:  # what a resync after the cut may fail: markers not yet answered
+            known = set(self.expected)
+            outstanding = {m["id"] for m in self.pair.src.api.replication.markers(self.aim) if m["state"] == "issued"}
         for w in which:  # the power goes at once: every node dies before any disk is looked at
             sides[w].kill()
         for w in which:
@@ -122,7 +125,7 @@ class PowerCampaign(Campaign):
         if "src" in which:
             self.src_cut = True
             self.check_journal()
-            self.allowed_failures.update(self.expected)
+            self.allowed_failures |= outstanding | (set(self.expected) - known)
         for w in which:
             self.sites[w].fs.boot()
             sides[w].start()
@@ -145,6 +148,7 @@ def test_power_loss_at_either_site(tmp_path):
     sites = {w: Site(tmp_path, w) for w in ("src", "dst")}
     pair = Pair(tmp_path, src_root=sites["src"].root, dst_root=sites["dst"].root,
                 src=sites["src"].kwargs, dst=sites["dst"].kwargs)
+    c = None
     try:
         rng = random.Random(11)
         c = PowerCampaign(pair, pair.replicate("v", SLOTS * SLOT), sites, seed=11)
@@ -161,6 +165,8 @@ def test_power_loss_at_either_site(tmp_path):
               f"pages {sum(r['pages_reverted'] for r in reports)}, names {sum(r['names_reverted'] for r in reports)}")
         assert sum(r["files_reverted"] for r in reports) > CUTS // 2, "the cuts lost nothing: the test tested nothing"
     finally:
+        if c is not None and c.nbd is not None:
+            c.nbd.close()
         pair.stop()
         for s in sites.values():
             s.fs.close()

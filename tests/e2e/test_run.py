@@ -172,3 +172,37 @@ def test_sigkill_mid_run_is_recorded_interrupted_and_the_next_run_succeeds(pair,
     from orchestrator.store import Store
     events = [e["kind"] for e in Store(db).db.query("SELECT kind FROM events")]
     assert "interrupted" in events
+
+
+def test_reload_and_shutdown_wait_for_a_manual_run_on_its_marker(pair, tmp_path):
+    """A manual run long-polls its marker (the AIM set is paused): a reload must not cut its
+    connection, and SIGTERM waits for it to end; resumed, it ends ok and the process exits 0."""
+    path = policy_file(pair, tmp_path)
+    assert aimsnap("apply", path).code == 0
+    pair.wait_state("db01-ci-to-dr", "replicating")
+    db = str(tmp_path / "o.db")
+    log = open(tmp_path / "run.log", "wb")
+    proc = start_run(path, db, log)
+    try:
+        def serving():
+            res = aimsnap("status", "--db", db, "--json")
+            return res.code == 0 and res.json()["orchestrator"] == "running"
+        wait_for(serving)
+        pair.src.api.replication.pause("db01-ci-to-dr")
+        assert aimsnap("trigger", "db01-15m", "--db", db).code == 0
+        wait_for(lambda: [m for m in pair.src.api.replication.markers("db01-ci-to-dr") if m["state"] == "issued"])
+        assert aimsnap("reload", "--db", db).code == 0
+        from orchestrator.store import Store
+        wait_for(lambda: "reload" in [e["kind"] for e in Store(db).db.query("SELECT kind FROM events")])
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert proc.poll() is None, "the orchestrator stopped before its manual run ended"
+        pair.src.api.replication.resume("db01-ci-to-dr")
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    manual = [r for r in hist(db, "--policy", "db01-15m") if r["trigger"] == "manual"]
+    assert [r["status"] for r in manual] == ["ok"], (manual, open(tmp_path / "run.log").read()[-3000:])
