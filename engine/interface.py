@@ -41,6 +41,15 @@ class StorageAPI(Protocol):
     def enable_snapshot_set(self, name: str, point: str | None = None) -> dict:
         """Every member at one write-order point."""
     def delete_snapshot_set(self, name: str) -> None: ...
+    def create_clone(self, name: str, origin: str) -> dict:
+        """A writable clone of ``SNAPSHOT@POINT`` or of a complete-image ``SNAPSHOT``, exported over NBD as ``name``."""
+    def list_clones(self) -> list[dict]: ...
+    def clone_info(self, name: str) -> dict: ...
+    def delete_clone(self, name: str, force: bool = False) -> None:
+        """Refused while NBD clients have it open, unless ``force``."""
+    def restore_volume(self, name: str, origin: str, force: bool = False) -> dict:
+        """The volume's content becomes ``origin``'s; a ``pre-restore`` point is taken first on each
+        of its differential snapshots. Refused while NBD clients have it open, unless ``force``."""
     def close(self) -> None: ...
 
 

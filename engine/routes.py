@@ -20,6 +20,7 @@ SIZE = {"type": ["string", "integer"], "description": "bytes, or a binary unit: 
 OFFSET = {"type": "integer", "minimum": 0, "default": 0}
 LENGTH = {"type": "integer", "minimum": 0, "maximum": MAX_DATA}
 LABEL = {"type": "string", "minLength": 1, "maxLength": 128}
+FLAG = {"type": "boolean", "default": False}
 
 
 @dataclass
@@ -92,6 +93,16 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/snapshots/{name}/data", "read_snapshot", "Read a snapshot or one point in time",
           query={"point": {"type": "string", "default": None}, "offset": OFFSET, "length": LENGTH},
           returns="bytes", tag="snapshots"),
+    Route("POST", "/v1/volumes/{name}/restore", "restore_volume",
+          "Make the volume's content a recovery point's, copying only the blocks that differ",
+          body=_obj({"origin": {"type": "string", "minLength": 1, "maxLength": 200}, "force": FLAG}, ["origin"])),
+    Route("GET", "/v1/clones", "list_clones", "List clones", tag="clones"),
+    Route("POST", "/v1/clones", "create_clone", "Create a writable clone of a recovery point (nothing is copied)",
+          body=_obj({"name": NAME, "origin": {"type": "string", "minLength": 1, "maxLength": 200}},
+                    ["name", "origin"]), status=201, tag="clones"),
+    Route("GET", "/v1/clones/{name}", "clone_info", "Show a clone", tag="clones"),
+    Route("DELETE", "/v1/clones/{name}", "delete_clone", "Delete a clone", query={"force": FLAG},
+          status=204, tag="clones"),
     Route("GET", "/v1/snapshot-sets", "list_snapshot_sets", "List snapshot sets", tag="snapshot-sets"),
     Route("POST", "/v1/snapshot-sets", "create_snapshot_set", "Create a snapshot set",
           body=_obj({"name": NAME, "members": _members()}, ["name", "members"]), status=201, tag="snapshot-sets"),

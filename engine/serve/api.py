@@ -43,6 +43,10 @@ def _parse_query(route: Route, request: web.Request) -> dict:
                 raise InvalidInput(f"query parameter {key!r} must be an integer, not {raw[:40]!r}") from None
             if value < schema.get("minimum", value) or value > schema.get("maximum", value):  # type: ignore[operator]
                 raise InvalidInput(f"query parameter {key!r} is out of range: {value}")
+        elif schema.get("type") == "boolean":
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise InvalidInput(f"query parameter {key!r} must be true or false, not {raw[:40]!r}")
+            value = raw.lower() in ("true", "1")
         else:
             value = raw
         params[key] = value

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..errors import Conflict, NotFound
+from ..storage.clones import Clone
 from ..storage.snapshots import CompleteImage
 from ..storage.volume import Volume
 
@@ -15,13 +16,13 @@ class Export:
     size: int
     description: str
     read: Callable[[int, int], bytes]
-    volume: Volume | None = None  # set only for read-write exports
+    volume: Volume | Clone | None = None  # set only for read-write exports
 
     @property
     def read_only(self) -> bool:
         return self.volume is None
 
-    def _writable(self) -> Volume:
+    def _writable(self) -> Volume | Clone:
         if self.volume is None:
             raise Conflict(f"export {self.name!r} is read-only")
         return self.volume
@@ -50,6 +51,9 @@ def resolve(node, name: str) -> Export:
     if isinstance(rel, CompleteImage):
         return Export(name, rel.source.size, f"complete-image snapshot of {rel.source.name}",
                       lambda o, n: node.read_snapshot(name, None, o, n))
+    clone = node.clones.get(name)
+    if clone is not None:
+        return Export(name, clone.size, f"clone of {clone.origin}", clone.read, clone)
     vol = node.volumes.get(name)
     if vol is None or vol.role != "volume":
         raise NotFound(f"no export {name!r}")
@@ -61,6 +65,7 @@ def resolve(node, name: str) -> Export:
 def names(node) -> list[tuple[str, str]]:
     """(name, description) of every export, for NBD_OPT_LIST."""
     out = [(v.name, "volume") for v in node.volumes.values() if v.role == "volume"]
+    out += [(c.name, f"clone of {c.origin}") for c in node.clones.values()]
     for rel in node.snapshots.values():
         if isinstance(rel, CompleteImage):
             out.append((rel.name, f"complete-image snapshot of {rel.source.name}"))

@@ -75,7 +75,11 @@ class NbdServer:
         try:
             export = self._handshake(conn)
             if export is not None:
-                self._transmission(export, conn)
+                self.node.hosts.opened(export.name)
+                try:
+                    self._transmission(export, conn)
+                finally:
+                    self.node.hosts.closed(export.name)
         except ProtocolError as e:
             log.warning("nbd %s: closing connection: %s", peer, e)
         except (ConnectionError, OSError):

@@ -60,6 +60,12 @@ _MIGRATIONS = [
     """
     ALTER TABLE aim_sets ADD COLUMN tls INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    CREATE TABLE clones (
+        name TEXT PRIMARY KEY, snapshot TEXT NOT NULL REFERENCES snapshots(name), point TEXT,
+        size INTEGER NOT NULL, block_size INTEGER NOT NULL, created_at TEXT NOT NULL,
+        bytes_written INTEGER NOT NULL DEFAULT 0);
+    """,
 ]
 
 

@@ -10,6 +10,8 @@ Layout::
     ROOT/points/SNAPSHOT/SEQ.data   a differential point in time's preserved blocks (sparse)
     ROOT/points/SNAPSHOT/SEQ.map    ... and which blocks it holds
     ROOT/aim/SET/                   an AIM set's journal, dirty bitmap and destination secrets
+    ROOT/clones/NAME.data           a clone's own blocks (sparse) ...
+    ROOT/clones/NAME.map            ... and which blocks it holds
 """
 
 import fcntl
@@ -31,7 +33,7 @@ def _boot_id() -> str:
 class Root:
     """The directory, held with ``flock`` for as long as it is open."""
 
-    SUBDIRS = ("volumes", "bitmaps", "points", "aim")
+    SUBDIRS = ("volumes", "bitmaps", "points", "aim", "clones")
 
     def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = os.path.abspath(path)
@@ -96,6 +98,10 @@ class Root:
 
     def point(self, snapshot: str, seq: int) -> tuple[str, str]:
         base = os.path.join(self.points(snapshot), str(seq))
+        return f"{base}.data", f"{base}.map"
+
+    def clone(self, name: str) -> tuple[str, str]:
+        base = self.sub("clones", name)
         return f"{base}.data", f"{base}.map"
 
     def aim_set(self, name: str) -> str:

@@ -14,9 +14,12 @@ from datetime import datetime
 
 from ..errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from .bitmap import BlockBitmap
+from .clones import Clone, Clones
 from .fsutil import create_sparse, data_extents, fsync_dir, make_dir
+from .hosts import Hosts
 from .meta import Meta
 from .names import Clock, check_label, check_name, iso, point_stamp, utcnow
+from .restore import Restore
 from .root import Root
 from .sets import SnapshotSets
 from .snapshots import CompleteImage, Differential, EnableResult, Point
@@ -28,7 +31,7 @@ SNAPSHOT_TYPES = ("complete-image", "differential")
 Relationship = CompleteImage | Differential
 
 
-class Storage(SnapshotSets):
+class Storage(SnapshotSets, Clones, Restore):
     """Volumes, relationships and snapshot sets of one root, with their metadata.
 
     Lock order (see :mod:`engine.node` for the whole hierarchy): a relationship's ``enable_lock``,
@@ -43,6 +46,8 @@ class Storage(SnapshotSets):
         self.unclean_machine_restart = self.files.unclean_machine_restart
         self.volumes: dict[str, Volume] = {}
         self.snapshots: dict[str, Relationship] = {}
+        self.clones: dict[str, Clone] = {}
+        self.hosts = Hosts()  # exports open over NBD (the NBD server keeps it)
         self.enable_listeners: list[Callable[[EnableResult], None]] = []  # e.g. metrics
         try:
             self.meta = Meta(self.files.db)
@@ -79,6 +84,8 @@ class Storage(SnapshotSets):
                 rel = Differential(row["name"], source, points, self.meta)
             self.snapshots[row["name"]] = rel
             source.observers.append(rel)
+        for row in self.meta.query("SELECT * FROM clones ORDER BY created_at"):
+            self._attach_clone(row)
         self._sweep_orphans()
 
     def _sweep_orphans(self) -> None:
@@ -90,6 +97,9 @@ class Storage(SnapshotSets):
             rel = self.snapshots.get(f.removesuffix(".dirty"))
             if not isinstance(rel, CompleteImage) or f.endswith(".tmp"):
                 os.unlink(self.files.sub("bitmaps", f))
+        keep = {os.path.basename(p) for c in self.clones for p in self.files.clone(c)}
+        for f in set(os.listdir(self.files.sub("clones"))) - keep:
+            os.unlink(self.files.sub("clones", f))
         for d in os.listdir(self.files.sub("points")):
             rel = self.snapshots.get(d)
             path = self.files.points(d)
@@ -105,12 +115,16 @@ class Storage(SnapshotSets):
         with self.lock:
             for v in self.volumes.values():
                 v.flush()
+            for c in self.clones:
+                self.flush_clone(c)
             self._close_files()
             self.meta.close()
             self.files.mark(clean=True)
             self.files.release()
 
     def _close_files(self) -> None:
+        for c in self.clones.values():
+            c.close()
         for rel in self.snapshots.values():
             rel.close()
         for v in self.volumes.values():
@@ -200,13 +214,17 @@ class Storage(SnapshotSets):
         fsync_dir(os.path.dirname(v.path))
 
     def read(self, name: str, offset: int, length: int) -> bytes:
-        return self.volume(name).read(offset, length)
+        """A volume's bytes (or a clone's: the data verbs take either)."""
+        return (self.clones.get(name) or self.volume(name)).read(offset, length)
 
     def write(self, name: str, offset: int, data: bytes, *, fua: bool = False) -> None:
-        self.volume(name).write(offset, data, fua=fua)
+        if name in self.clones:
+            self.clones[name].write_many([(offset, data)], fua=fua)
+        else:
+            self.volume(name).write(offset, data, fua=fua)
 
     def flush(self, name: str) -> None:
-        self.volume(name).flush()
+        self.flush_clone(name) if name in self.clones else self.volume(name).flush()
 
     def node_info(self) -> dict:
         return {"root": self.root, "volumes": len(self.volumes), "snapshots": len(self.snapshots),
@@ -322,6 +340,8 @@ class Storage(SnapshotSets):
         with rel.enable_lock, self.lock:  # the lock order: enable_lock, then the storage lock
             if self.snapshots.get(name) is not rel:
                 raise NotFound(f"snapshot {name!r} does not exist")
+            if self.clones_of(name):
+                raise Conflict(f"snapshot {name!r} has clone(s) {', '.join(self.clones_of(name))}: delete them first")
             sets = self.snapshot_info(name)["snapshot_sets"]
             if sets:
                 raise Conflict(f"snapshot {name!r} is a member of snapshot set(s) {', '.join(sets)}: "
@@ -351,6 +371,9 @@ class Storage(SnapshotSets):
         with rel.enable_lock, self.lock:  # the lock order: enable_lock, then the storage lock
             if self.snapshots.get(name) is not rel:
                 raise NotFound(f"snapshot {name!r} does not exist")
+            if self.clones_of(name, point):
+                raise Conflict(f"point in time {name}@{point} has clone(s) {', '.join(self.clones_of(name, point))}: "
+                               "delete them first")
             with rel.source.lock:
                 index = rel.find(point)
                 if index < 0:

@@ -10,7 +10,7 @@ set, deleted from all of them together.
 import re
 from datetime import datetime, timezone
 
-from engine import NotFound
+from engine import Conflict, NotFound
 from policies.retention import to_delete
 
 from . import ActionContext
@@ -47,15 +47,29 @@ def policy_points(ctx: ActionContext) -> tuple[str, list[str], dict[datetime, st
 
 def prune_destination(ctx: ActionContext, dry_run: bool = False) -> list[str]:
     """Delete the policy's destination points its ``retain`` no longer keeps (never the newest,
-    never below ``min``); the names, oldest first."""
+    never below ``min``); the names, oldest first. A point with clones (a DR test using it) is
+    kept until they are gone: the run says so in ``details["kept"]``."""
     node, snapshots, points = policy_points(ctx)
     doomed = [points[t] for t in sorted(to_delete(points, ctx.policy.retain))]
-    if not dry_run:
-        api = ctx.nodes(node)
-        for name in doomed:
+    if dry_run:
+        return doomed
+    api, deleted = ctx.nodes(node), []
+    clones: dict[str, list[str]] = {}
+    for c in api.list_clones():
+        clones.setdefault(c["from"], []).append(c["name"])
+    for name in doomed:
+        users = sorted(u for snap in snapshots for u in clones.get(f"{snap}@{name}", []))
+        if users:  # a set's point goes from every member or from none
+            ctx.details.setdefault("kept", []).append(
+                {"point": name, "reason": f"in use by clone(s) {', '.join(users)}: kept until they are deleted"})
+            continue
+        try:
             for snap in snapshots:
                 try:
                     api.delete_point(snap, name)
                 except NotFound:  # deleted meanwhile (by hand, or a run that pruned first)
                     pass
-    return doomed
+            deleted.append(name)
+        except Conflict as e:  # cloned: kept, and the next run tries again
+            ctx.details.setdefault("kept", []).append({"point": name, "reason": str(e)})
+    return deleted

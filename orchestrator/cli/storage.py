@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import click
 
-from engine import InvalidInput, Node, parse_size, read_chunks
+from engine import InvalidInput, Node, NotFound, parse_size, read_chunks
 from engine.client.remote import RemoteNode
 from engine.interface import NodeAPI
 from engine.storage.volume import check_host_write, check_range
@@ -134,7 +134,7 @@ def volume_write(target: Target, name: str, file: str, offset: int) -> None:
     """Write FILE (or standard input) into a volume at --offset, durably. The whole range is
     checked before anything is written."""
     with target.node() as node:
-        info = node.volume_info(name)
+        info = _data_info(node, name)
         with _open_input(file, info["size"] - offset) as (src, length):
             check_host_write(name, info["size"], info["role"], offset, length)
             pos = 0
@@ -143,6 +143,16 @@ def volume_write(target: Target, name: str, file: str, offset: int) -> None:
                 pos += len(chunk)
             node.flush(name)
     click.echo(f"wrote {length} bytes to {name} at offset {offset}", err=True)
+
+
+def _data_info(node: NodeAPI, name: str) -> dict:
+    """What ``volume read`` and ``volume write`` act on: a volume, or a clone (role ``volume``: writable)."""
+    try:
+        return node.volume_info(name)
+    except NotFound:
+        if name not in {c["name"] for c in node.list_clones()}:
+            raise NotFound(f"no volume or clone {name!r}") from None
+        return {**node.clone_info(name), "role": "volume"}
 
 
 @contextlib.contextmanager
@@ -171,7 +181,7 @@ def _open_input(file: str, room: int) -> Iterator[tuple]:
 def volume_read(target: Target, name: str, offset: int, length: int | None) -> None:
     """Read a volume's bytes to standard output."""
     with target.node() as node:
-        size = node.volume_info(name)["size"]
+        size = _data_info(node, name)["size"]
         length = max(size - offset, 0) if length is None else length
         check_range(name, size, offset, length)
         _stream(read_chunks(lambda o, n: node.read(name, o, n), offset, length))

@@ -134,3 +134,25 @@ def test_retention_touches_only_the_policys_own_points_and_prunes_a_set_as_one(p
     assert points["db01-dr-pit"] == kept | {singles[-1]["marker"]["point"]}
     assert pair.dst.api.read_snapshot("erp-dr-pit", made[-1]["marker"]["point"], 0, 4) == bytes([4]) * 4
     assert prune_destination(ActionContext(group, bundle, nodes, store, 0, lambda: datetime.now(timezone.utc))) == []
+
+
+def test_retention_keeps_a_point_with_clones_and_says_why(pair, site):
+    """A DR test's clone holds its point: retention keeps it (the run's details say why) and prunes
+    it at the first run after the clone is gone."""
+    from dataclasses import replace
+
+    from policies.model import Retain
+    bundle, store, nodes = site
+    policy = replace(next(p for p in bundle.policies if p.name == "db01-15m"), retain=Retain(last=1, min=1))
+
+    def run() -> dict:
+        return run_action(ActionContext(policy, bundle, nodes, store, 0, lambda: datetime.now(timezone.utc)))
+    first = run()["marker"]["point"]
+    pair.dst.api.create_clone("dr-test", f"db01-dr-pit@{first}")
+    details = run()
+    assert details["pruned"] == [] and details["kept"][0]["point"] == first
+    assert "dr-test" in details["kept"][0]["reason"]
+    assert first in [p["name"] for p in pair.dst.api.snapshot_info("db01-dr-pit")["points"]]
+    pair.dst.api.delete_clone("dr-test")
+    details = run()
+    assert first in details["pruned"] and "kept" not in details

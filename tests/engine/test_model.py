@@ -1,5 +1,6 @@
 """The engine against a simple in-memory model: random aligned and unaligned writes, zeroing,
-increments, points in time, snapshot sets, deletes and node reopens. Every read is compared."""
+increments, points in time, snapshot sets, deletes, writable clones of points and images,
+restores, and node reopens. Every read is compared."""
 
 import shutil
 import tempfile
@@ -7,7 +8,7 @@ import tempfile
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine import Node
+from engine import Conflict, Node
 
 BS = 4096
 SIZES = {"a": 48 * BS, "b": 32 * BS + 1024}  # b ends in a partial block
@@ -23,6 +24,7 @@ class EngineModel(RuleBasedStateMachine):
         self.dirty: dict[str, set[int]] = {}  # complete-image snapshot -> blocks written since
         self.points: dict[str, dict[str, bytes]] = {}  # differential snapshot -> point -> content
         self.source: dict[str, str] = {}
+        self.clones: dict[str, tuple[str, bytearray]] = {}  # clone -> (origin, content)
         self.counter = 0
         for name, size in SIZES.items():
             self.node.create_volume(name, size, BS)
@@ -41,7 +43,7 @@ class EngineModel(RuleBasedStateMachine):
 
     def _touch(self, vol: str, offset: int, length: int) -> None:
         for snap, blocks in self.dirty.items():
-            if self.source[snap] == vol:
+            if self.source[snap] == vol and blocks is not None:
                 blocks.update(range(offset // BS, (offset + length - 1) // BS + 1))
 
     @rule(vol=st.sampled_from(sorted(SIZES)), data=st.data())
@@ -85,7 +87,7 @@ class EngineModel(RuleBasedStateMachine):
     def increment(self, vol: str) -> None:
         snap = f"{vol}-ci"
         result = self.node.enable_snapshot(snap)
-        if self.images[snap] is not None:  # after the first enable: exactly the blocks written since
+        if self.images[snap] is not None and self.dirty[snap] is not None:  # exactly the blocks written since
             assert result["blocks"] == len(self.dirty[snap])
         self.images[snap] = bytes(self.vols[vol])
         self.dirty[snap] = set()
@@ -112,8 +114,74 @@ class EngineModel(RuleBasedStateMachine):
     def delete_point(self, data: st.DataObject) -> None:
         snap = data.draw(st.sampled_from(sorted(s for s, p in self.points.items() if p)))
         point = data.draw(st.sampled_from(sorted(self.points[snap])))
+        users = sorted(c for c, (origin, _) in self.clones.items() if origin == f"{snap}@{point}")
+        if users:
+            try:
+                self.node.delete_point(snap, point)
+                raise AssertionError("a point with clones was deleted")
+            except Conflict as e:
+                assert all(u in str(e) for u in users), e
+            return
         self.node.delete_point(snap, point)
         del self.points[snap][point]
+
+    def _origins(self) -> list[str]:
+        out = [f"{s}@{p}" for s, points in self.points.items() for p in points]
+        return sorted(out + [s for s, image in self.images.items() if image is not None])
+
+    def _content(self, origin: str) -> bytes:
+        snap, _, point = origin.partition("@")
+        return self.points[snap][point] if point else self.images[snap]  # type: ignore[return-value]
+
+    @precondition(lambda self: len(self.clones) < 3 and (any(self.points.values()) or any(self.images.values())))
+    @rule(data=st.data())
+    def create_clone(self, data: st.DataObject) -> None:
+        origin = data.draw(st.sampled_from(self._origins()))
+        self.counter += 1
+        name = f"clone{self.counter}"
+        info = self.node.create_clone(name, origin)
+        assert info["from"] == origin and info["blocks_held"] == 0  # nothing copied at create
+        self.clones[name] = (origin, bytearray(self._content(origin)))
+
+    @precondition(lambda self: self.clones)
+    @rule(data=st.data())
+    def write_clone(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.clones)))
+        content = self.clones[name][1]
+        offset = data.draw(st.integers(0, len(content) - 1))
+        length = data.draw(st.integers(1, min(3 * BS, len(content) - offset)))
+        if data.draw(st.booleans()):
+            payload = bytes([data.draw(st.integers(0, 255))]) * length
+            self.node.write(name, offset, payload)
+        else:
+            payload = bytes(length)
+            self.node.clones[name].write_zeroes(offset, length)
+        content[offset:offset + length] = payload
+        if data.draw(st.booleans()):
+            self.node.flush(name)
+
+    @precondition(lambda self: self.clones)
+    @rule(data=st.data())
+    def delete_clone(self, data: st.DataObject) -> None:
+        name = data.draw(st.sampled_from(sorted(self.clones)))
+        self.node.delete_clone(name)
+        del self.clones[name]
+
+    @precondition(lambda self: any(self.points.values()) or any(self.images.values()))
+    @rule(data=st.data())
+    def restore(self, data: st.DataObject) -> None:
+        """The volume becomes the point's (or the image's); a pre-restore point keeps what it was."""
+        origin = data.draw(st.sampled_from(self._origins()))
+        snap = origin.partition("@")[0]
+        vol = self.source[snap]
+        result = self.node.restore_volume(vol, origin)
+        if "@" not in origin and self.dirty[snap] is not None:
+            assert result["blocks"] == len(self.dirty[snap]), result  # only the blocks that differ
+        before = bytes(self.vols[vol])
+        assert result["pre_restore_points"] == [f"{vol}-pit@{result['pre_restore_points'][0].split('@')[1]}"]
+        self.points[f"{vol}-pit"][result["pre_restore_points"][0].split("@")[1]] = before
+        self.vols[vol][:] = self._content(origin)
+        self.dirty[f"{vol}-ci"] = None  # which blocks the restore wrote is its business: not modelled
 
     @rule()
     def reopen(self) -> None:
@@ -134,6 +202,9 @@ class EngineModel(RuleBasedStateMachine):
                 assert self.node.read_snapshot(snap, point, 0, len(content)) == content, f"{snap}@{point}"
                 # unaligned windows too
                 assert self.node.read_snapshot(snap, point, 1000, 5000) == content[1000:6000]
+        for name, (_origin, content) in self.clones.items():
+            assert self.node.read(name, 0, len(content)) == content, name
+            assert self.node.read(name, 1000, 5000) == content[1000:6000]
 
 
 TestEngineModel = EngineModel.TestCase
