@@ -67,6 +67,11 @@ class ReplicationAPI(Protocol):
     def pause(self, name: str) -> dict:
         """Stop shipping; the journal keeps growing."""
     def resume(self, name: str) -> dict: ...
+    def verify(self, name: str, repair: bool = False) -> dict:
+        """Start a block-exact comparison of source and destination at one write-order point;
+        ``repair`` re-sends mismatched ranges. Answers at once: follow it with :meth:`verify_status`."""
+    def verify_status(self, name: str) -> dict:
+        """The verify running now, or the last one: ``state`` running | done | failed | none."""
     def issue_marker(self, aim_set: str, snapshot: str | None, label: str | None = None) -> dict: ...
     def issue_group_marker(self, group: str, snapshot_set: str, label: str | None = None) -> dict:
         """One marker across every member of ``group``, at one write-order point."""

@@ -22,6 +22,7 @@ from ..storage.storage import Storage
 from ..storage.volume import Volume
 from . import frames
 from .barriers import GroupBarriers
+from .verify import view_key
 from .wire import Connection, WireError
 
 log = logging.getLogger("aimsnap.aim.receiver")
@@ -121,7 +122,7 @@ class Applier:
                 result = self.marker(vol, f)
                 applied = acked = f.seq
                 unacked_bytes = 0
-                self.ack(applied, [result])
+                self.ack(applied, [result] if result else [])
             elif f.type == frames.RESYNC_BEGIN:
                 meta.execute("UPDATE aim_targets SET resyncing=1 WHERE set_id=?", b.set_id)
             elif f.type == frames.RESYNC_BLOCK:
@@ -148,10 +149,24 @@ class Applier:
             raise ConnectionError(str(e)) from e
 
     # -- markers -----------------------------------------------------------------------------------------
-    def marker(self, vol: Volume, f: frames.Frame) -> dict:
+    def verify_point(self, vol: Volume, f: frames.Frame, verify_id: object) -> None:
+        """A verify marker: everything before it is applied; freeze the volume here (the source froze
+        its own at the same point) for the verify connection that follows."""
+        if not isinstance(verify_id, str) or not verify_id.isalnum() or len(verify_id) > 32:
+            raise WireError("verify marker without a usable id")
+        vol.flush()
+        with vol.lock:
+            self.storage.freeze(vol, view_key(self.b.set_id, verify_id))
+        self.meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", f.seq, self.b.set_id)
+        log.info("aim %s: verify %s: frozen at %d", self.b.set_name, verify_id, f.seq)
+
+    def marker(self, vol: Volume, f: frames.Frame) -> dict | None:
         """Everything before the marker is applied: flush, enable the pre-configured snapshot (or
         the group's snapshot set), and record the result with the new applied position atomically."""
         b = self.b
+        verify = _control(f, {}).get("verify")
+        if verify is not None:
+            return self.verify_point(vol, f, verify)
         m = _control(f, {"id": int, "point": str})
         if m.get("group") is not None:
             _fields(f, m["group"], {"id": str, "members": list, "snapshot_set": str})

@@ -115,8 +115,8 @@ class JournalObserver:
             if frame.type in (frames.WRITE, frames.ZERO):
                 bs = self.volume.block_size
                 self.dirty.mark(frame.offset // bs, (frame.offset + max(frame.size, 1) - 1) // bs)
-            elif frame.type == frames.MARKER:
-                failed.append(json.loads(frame.payload)["id"])
+            elif frame.type == frames.MARKER and "id" in (m := json.loads(frame.payload)):  # not a verify's
+                failed.append(m["id"])
         self.dirty.sync()
         self.journal.reset(self.journal.next_seq)
         self.publish()
@@ -151,8 +151,8 @@ class JournalObserver:
                     self.volume.apply_write(frame.offset, frame.payload)
                 elif frame.type == frames.ZERO:
                     self.volume.apply_zeroes(frame.offset, frame.length)
-                elif frame.type == frames.MARKER:
-                    marker(json.loads(frame.payload)["id"], frame.seq)
+                elif frame.type == frames.MARKER and "id" in (m := json.loads(frame.payload)):  # not a verify's
+                    marker(m["id"], frame.seq)
                 count += 1
         finally:
             self.replaying = False

@@ -10,7 +10,7 @@ import threading
 
 from ..net.listener import ThreadedListener, shut
 from ..storage.storage import Storage
-from . import wire
+from . import verify, wire
 from .applier import Applier, Binding, StorageFault
 from .barriers import GroupBarriers
 from .supervisor import describe
@@ -96,6 +96,9 @@ class Receiver:
                 self._release(set_id)
                 wire.server_accept(conn, self.token, challenge, nonce)
                 return
+            if op == "verify":
+                self._verify(conn, hello, challenge, nonce)
+                return
             binding = self.binding(set_id) if op == "stream" else None
             if binding is None:
                 wire.send_message(conn, {"ok": False, "error": "this AIM set has no destination volume here "
@@ -127,6 +130,21 @@ class Receiver:
                     del self.streams[set_id]
             if conn is not raw:
                 conn.close()
+
+    def _verify(self, conn: socket.socket, hello: dict, challenge: bytes, nonce: bytes) -> None:
+        """The destination's half of a verify: its frozen view, made when it applied the marker."""
+        set_id = str(hello.get("set_id", ""))
+        key = verify.view_key(set_id, str(hello.get("verify_id", "")))
+        binding, view = self.binding(set_id), self.storage.frozen.get(key)
+        if binding is None or view is None:
+            wire.send_message(conn, {"ok": False, "error": "no verify point here (the destination restarted, "
+                                                           "or never reached the verify marker)"})
+            return
+        wire.server_accept(conn, self.token, challenge, nonce)
+        try:
+            verify.serve(self.storage, Connection(conn), view, self.storage.volume(binding.volume))
+        finally:
+            self.storage.thaw(key)
 
     def _results(self, set_id: str, ids: object) -> list[dict]:
         """Results of markers the source still waits for (their acknowledgement may have been lost)."""

@@ -8,6 +8,7 @@ side (the AIM port) is :mod:`.receiver`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from . import wire
 from .aimset import AimSet
 from .markers import Markers
 from .state import Record
+from .verify import Verification
 from .wire import WireError
 
 log = logging.getLogger("aimsnap.aim")
@@ -51,6 +53,7 @@ class Replication:
         self.sets: dict[str, AimSet] = {}  # guarded by the storage lock, like _creating
         self._creating: dict[str, str] = {}  # AIM sets being created (their claim in flight): name -> volume
         self.ledger = Markers(storage.meta, storage.clock)
+        self.verifications: dict[str, Verification] = {}  # the running or last verify of each set
         self.serving = False
 
     def load(self) -> None:
@@ -183,7 +186,38 @@ class Replication:
         aim = self.aim_set(name)
         groups = [r["group_name"] for r in self.meta.query(
             "SELECT group_name FROM group_members WHERE aim_set=? ORDER BY group_name", name)]
-        return {**aim.status(), "id": aim.record.id, "paused": aim.record.paused, "groups": groups}
+        return {**aim.status(), "id": aim.record.id, "paused": aim.record.paused, "groups": groups,
+                "last_verify": self.last_verify(name)}
+
+    # -- verification --------------------------------------------------------------------------------
+    def verify(self, name: str, repair: bool = False) -> dict:
+        """Start a block-exact verify of the set at one write-order point (see :mod:`.verify`)."""
+        aim = self.aim_set(name)
+        with self.storage.lock:
+            running = self.verifications.get(name)
+            if running is not None and running.state == "running":
+                raise Conflict(f"AIM set {name!r} is being verified ({running.id}): wait for it")
+            if not self.serving:
+                raise Conflict("verify needs a serving node (aimsnap node serve): it talks to the destination")
+
+            def done(status: dict, name: str = name) -> None:
+                self.meta.execute("UPDATE aim_sets SET last_verify=? WHERE name=?", json.dumps(status), name)
+            v = self.verifications[name] = Verification(aim, self.storage, repair, done)
+        v.thread.start()
+        return v.status()
+
+    def verify_status(self, name: str) -> dict:
+        """The verify running now, or else the last one (``state`` ``none`` if there never was one)."""
+        self.aim_set(name)
+        v = self.verifications.get(name)
+        return v.status() if v is not None else (self.last_verify(name) or {"aim_set": name, "state": "none"})
+
+    def last_verify(self, name: str) -> dict | None:
+        v = self.verifications.get(name)
+        if v is not None and v.state != "running":
+            return v.status()
+        row = self.meta.one("SELECT last_verify FROM aim_sets WHERE name=?", name)
+        return json.loads(row["last_verify"]) if row and row["last_verify"] else None
 
     def list(self) -> list[dict]:
         return [self.info(n) for n in sorted(self.sets)]

@@ -47,6 +47,11 @@ class _AimCollector:
             ("bytes_sent", "Bytes sent to the destination, framing included"),
             ("errors", "Failed sender attempts (connect, handshake, stream): the reason is in aim status"))}
         markers = CounterMetricFamily("aimsnap_markers", "Markers by AIM set and state", labels=["aim_set", "state"])
+        verified = GaugeMetricFamily("aimsnap_aim_verify_last_timestamp_seconds",
+                                     "When the last block-exact verify finished", labels=["aim_set"])
+        mismatched = GaugeMetricFamily("aimsnap_aim_verify_mismatched_ranges",
+                                       "Ranges that differed at the last verify (after its repair, if any)",
+                                       labels=["aim_set"])
         for aim in list(self.node.replication.sets.values()):
             st = aim.status()
             for s in State:
@@ -55,6 +60,10 @@ class _AimCollector:
                 g.add_metric([aim.name], float(st[k]))
             for k, c in counters.items():
                 c.add_metric([aim.name], st[k])
+            last = self.node.replication.last_verify(aim.name)
+            if last and last.get("state") == "done":
+                verified.add_metric([aim.name], last["verified_at"])
+                mismatched.add_metric([aim.name], last["mismatched_ranges"])
         for row in self.node.meta.query("SELECT aim_set, state, COUNT(*) AS n FROM markers GROUP BY aim_set, state"):
             markers.add_metric([row["aim_set"], row["state"]], row["n"])
         if self.receiver is not None:
@@ -70,6 +79,8 @@ class _AimCollector:
         yield from gauges.values()
         yield from counters.values()
         yield markers
+        yield verified
+        yield mismatched
 
 
 class NodeMetrics:

@@ -49,10 +49,11 @@ class Clone:
     kind = "clone"
 
     def __init__(self, name: str, origin: Origin, size: int, block_size: int, data_path: str, map_path: str,
-                 created_at: str, base_read: BaseRead, image: Volume | None = None, bytes_written: int = 0) -> None:
+                 created_at: str, base_read: BaseRead, observed: Volume | None = None, bytes_written: int = 0) -> None:
         self.name, self.origin, self.size, self.block_size = name, origin, size, block_size
         self.data_path, self.map_path, self.created_at = data_path, map_path, created_at
-        self.base_read, self.image = base_read, image  # image: the volume observed (a complete-image origin)
+        self.base_read = base_read
+        self.observed = observed  # a volume whose writes it copies up first (an image, a live volume)
         self.bytes_written = bytes_written
         self.fd = os.open(data_path, os.O_RDWR)
         self.present = BlockBitmap(map_path, self.nblocks)
@@ -137,17 +138,18 @@ class Clone:
                                                                   max(hi, self._unsynced[1]))
         self.bytes_written += length
 
-    # -- a write observer of the image (a complete-image origin) ----------------------------------------------
+    # -- a write observer of the volume it was frozen from (an image, or a live volume) --------------------
     def before_write(self, batch: Sequence[WriteIntent]) -> None:
-        """The image is about to change: keep its current content of blocks the clone has not got."""
-        assert self.image is not None
+        """The observed volume is about to change: keep its current content of blocks the clone
+        has not got (the same as a point in time's preservation)."""
+        assert self.observed is not None
         bs = self.block_size
         with self.lock:
             todo = sorted({b for i in batch for b in range(i.first, i.last + 1) if not self.present.test(b)})
             if not todo:
                 return
             for b in todo:
-                copy_range(self.image.fd, self.fd, b * bs, min(bs, self.size - b * bs))
+                copy_range(self.observed.fd, self.fd, b * bs, min(bs, self.size - b * bs))
             os.fdatasync(self.fd)
             for b in todo:
                 self.present.mark(b, b)  # written to the map file now: its data is durable
@@ -157,7 +159,7 @@ class Clone:
         pass
 
     def write_failed(self, batch: Sequence[WriteIntent]) -> None:
-        pass  # the copies stay: the image still holds what they copied
+        pass  # the copies stay: the volume still holds what they copied
 
     def close(self) -> None:
         with self.lock:
@@ -176,6 +178,7 @@ class Clones:
     volumes: dict[str, Volume]
     snapshots: dict[str, CompleteImage | Differential]
     clones: dict[str, Clone]
+    frozen: dict[str, Clone]
     hosts: Hosts
 
     def snapshot(self, name: str) -> CompleteImage | Differential: ...  # provided by Storage
@@ -233,6 +236,15 @@ class Clones:
         self.clones[clone.name] = clone
         return clone
 
+    def _sweep_clone_files(self) -> None:
+        """At open: files of clones whose creation or deletion a crash cut short, and every frozen
+        view (a verify's does not outlive its process)."""
+        for f in os.listdir(self.files.sub("frozen")):
+            os.unlink(self.files.sub("frozen", f))
+        keep = {os.path.basename(p) for c in self.clones for p in self.files.clone(c)}
+        for f in set(os.listdir(self.files.sub("clones"))) - keep:
+            os.unlink(self.files.sub("clones", f))
+
     def clone(self, name: str) -> Clone:
         try:
             return self.clones[name]
@@ -257,15 +269,46 @@ class Clones:
             if self.hosts.count(name) and not force:
                 raise Conflict(f"clone {name!r} is open by {self.hosts.count(name)} NBD client(s): "
                                "disconnect them, or delete with --force")
-            if c.image is not None:
-                with c.image.lock:
-                    c.image.observers.remove(c)
+            if c.observed is not None:
+                with c.observed.lock:
+                    c.observed.observers.remove(c)
             self.meta.execute("DELETE FROM clones WHERE name=?", name)
             del self.clones[name]
             c.close()
             for path in self.files.clone(name):
                 os.unlink(path)
             fsync_dir(self.files.sub("clones"))
+
+    # -- frozen views: private clones of a live volume (a verify's temporary point) ----------------------
+    def freeze(self, volume: Volume, key: str) -> Clone:
+        """``volume`` as of now, kept by copy-on-write, O(1): the caller holds the volume's lock, so
+        that the instant is a write-order point. Private (no export, no row): swept at the next open."""
+        self.thaw(key)
+        data, mapfile = self.files.frozen(key)
+        for path, size in ((data, volume.size), (mapfile, (volume.nblocks + 7) // 8)):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.ftruncate(fd, size)
+            os.close(fd)
+
+        def base(offset: int, length: int, fd: int = volume.fd) -> bytes:
+            return pread_all(fd, length, offset)
+        view = Clone(key, Origin(volume.name, None), volume.size, volume.block_size, data, mapfile,
+                     iso(self.clock()), base, volume)
+        with volume.lock:
+            volume.observers.append(view)
+        self.frozen[key] = view
+        return view
+
+    def thaw(self, key: str) -> None:
+        view = self.frozen.pop(key, None)
+        if view is None:
+            return
+        assert view.observed is not None
+        with view.observed.lock:
+            view.observed.observers.remove(view)
+        view.close()
+        for path in self.files.frozen(key):
+            os.unlink(path)
 
     def flush_clone(self, name: str) -> None:
         c = self.clone(name)

@@ -66,6 +66,9 @@ _MIGRATIONS = [
         size INTEGER NOT NULL, block_size INTEGER NOT NULL, created_at TEXT NOT NULL,
         bytes_written INTEGER NOT NULL DEFAULT 0);
     """,
+    """
+    ALTER TABLE aim_sets ADD COLUMN last_verify TEXT;
+    """,
 ]
 
 

@@ -12,6 +12,7 @@ Layout::
     ROOT/aim/SET/                   an AIM set's journal, dirty bitmap and destination secrets
     ROOT/clones/NAME.data           a clone's own blocks (sparse) ...
     ROOT/clones/NAME.map            ... and which blocks it holds
+    ROOT/frozen/KEY.data, KEY.map   a private frozen view (a verify's point): gone at the next open
 """
 
 import fcntl
@@ -33,7 +34,7 @@ def _boot_id() -> str:
 class Root:
     """The directory, held with ``flock`` for as long as it is open."""
 
-    SUBDIRS = ("volumes", "bitmaps", "points", "aim", "clones")
+    SUBDIRS = ("volumes", "bitmaps", "points", "aim", "clones", "frozen")
 
     def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = os.path.abspath(path)
@@ -102,6 +103,10 @@ class Root:
 
     def clone(self, name: str) -> tuple[str, str]:
         base = self.sub("clones", name)
+        return f"{base}.data", f"{base}.map"
+
+    def frozen(self, key: str) -> tuple[str, str]:
+        base = self.sub("frozen", key)
         return f"{base}.data", f"{base}.map"
 
     def aim_set(self, name: str) -> str:

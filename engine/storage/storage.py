@@ -47,6 +47,7 @@ class Storage(SnapshotSets, Clones, Restore):
         self.volumes: dict[str, Volume] = {}
         self.snapshots: dict[str, Relationship] = {}
         self.clones: dict[str, Clone] = {}
+        self.frozen: dict[str, Clone] = {}  # private frozen views (a verify's temporary points)
         self.hosts = Hosts()  # exports open over NBD (the NBD server keeps it)
         self.enable_listeners: list[Callable[[EnableResult], None]] = []  # e.g. metrics
         try:
@@ -97,9 +98,7 @@ class Storage(SnapshotSets, Clones, Restore):
             rel = self.snapshots.get(f.removesuffix(".dirty"))
             if not isinstance(rel, CompleteImage) or f.endswith(".tmp"):
                 os.unlink(self.files.sub("bitmaps", f))
-        keep = {os.path.basename(p) for c in self.clones for p in self.files.clone(c)}
-        for f in set(os.listdir(self.files.sub("clones"))) - keep:
-            os.unlink(self.files.sub("clones", f))
+        self._sweep_clone_files()
         for d in os.listdir(self.files.sub("points")):
             rel = self.snapshots.get(d)
             path = self.files.points(d)
@@ -123,6 +122,8 @@ class Storage(SnapshotSets, Clones, Restore):
             self.files.release()
 
     def _close_files(self) -> None:
+        for key in list(self.frozen):
+            self.thaw(key)
         for c in self.clones.values():
             c.close()
         for rel in self.snapshots.values():

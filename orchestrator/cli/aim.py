@@ -1,8 +1,12 @@
 """CLI verbs for AIM sets, markers and groups (they act on the source node)."""
 
+import sys
+import time
+from datetime import datetime, timezone
+
 import click
 
-from engine import InvalidInput
+from engine import EngineError, InvalidInput
 from policies.durations import DurationError, parse_duration
 
 from ..nodes import read_file, read_token
@@ -76,7 +80,19 @@ def aim_status(target: Target, name: str | None, as_json: bool) -> None:
     if as_json:
         print_json(rows[0] if name else rows)
     else:
-        print_table(rows, AIM_COLUMNS + [("last_error", "LAST ERROR")], empty="no AIM sets")
+        for r in rows:
+            r["verified"] = _verified(r.get("last_verify"))
+        print_table(rows, AIM_COLUMNS + [("verified", "VERIFIED"), ("last_error", "LAST ERROR")], empty="no AIM sets")
+
+
+def _verified(last: dict | None) -> str:
+    """The last verify in a word: when, and whether source and destination were equal."""
+    if not last:
+        return "never"
+    if last.get("state") != "done":
+        return str(last.get("state"))
+    when = datetime.fromtimestamp(last["verified_at"], timezone.utc).strftime("%Y-%m-%d %H:%M")
+    return f"{when} equal" if not last["mismatched_ranges"] else f"{when} {last['mismatched_ranges']} differ"
 
 
 @aim.command("delete")
@@ -98,6 +114,48 @@ def aim_pause(target: Target, name: str, as_json: bool) -> None:
     with target.node() as node:
         info = node.replication.pause(name)
     print_json(info) if as_json else click.echo(f"paused AIM set {name}")
+
+
+@aim.command("verify")
+@click.argument("name")
+@click.option("--repair", is_flag=True, help="Re-send the ranges that differ, then compare them again.")
+@click.option("--wait", "wait_for", default="6h", show_default=True,
+              help="Stop waiting after this long (the verify goes on at the node).")
+@json_option
+@pass_target
+def aim_verify(target: Target, name: str, repair: bool, wait_for: str, as_json: bool) -> None:
+    """Compare source and destination block by block at one write-order point, while replication
+    goes on (only digests cross the wire). Exit 1 if ranges differ (after --repair: still differ)."""
+    try:
+        limit = parse_duration(wait_for)
+    except DurationError as e:
+        raise InvalidInput(str(e)) from None
+    with target.node() as node:
+        st = node.replication.verify(name, repair)
+        deadline = time.monotonic() + limit
+        while st["state"] == "running" and time.monotonic() < deadline:
+            if sys.stderr.isatty():
+                click.echo(f"\rverifying {name}: {st['bytes_compared'] >> 20} of {st['size'] >> 20} MiB compared",
+                           nl=False, err=True)
+            time.sleep(0.5)
+            st = node.replication.verify_status(name)
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+    if as_json:
+        print_json(st)
+    if st["state"] == "running":
+        raise EngineError(f"verify {st['id']} of {name} still running after {wait_for}: see `aim info {name}`")
+    if st["state"] == "failed":
+        raise EngineError(f"verify of {name} failed: {st['error']}")
+    if not as_json:
+        click.echo(f"verified {name}: {st['bytes_compared']} bytes in {st['seconds']}s, "
+                   f"{st['mismatched_ranges']} range(s) of {st['range_size'] >> 20} MiB differ"
+                   + (f" (repaired {st['repaired_ranges']})" if repair else ""))
+        for offset in st["remaining"]:
+            click.echo(f"  differs: offset {offset}")
+    if st["mismatched_ranges"]:
+        raise EngineError(f"{st['mismatched_ranges']} range(s) of {name} differ between source and destination"
+                          + ("" if repair else ": run it again with --repair"))
 
 
 @aim.command("resume")
