@@ -21,6 +21,8 @@ class _Collector:
                                 labels=["policy"])
         rpo = GaugeMetricFamily("aimsnap_rpo_seconds", "Age of the newest recovery point", labels=["policy"])
         since = GaugeMetricFamily("aimsnap_seconds_since_last_success", "Since the last ok run", labels=["policy"])
+        tested = GaugeMetricFamily("aimsnap_dr_test_last_success_timestamp",
+                                   "When a dr-test policy last proved its recovery point", labels=["policy"])
         now = datetime.now(timezone.utc)
 
         def age(t: str | None) -> float | None:
@@ -37,9 +39,12 @@ class _Collector:
             ok = self.store.last_success_at(p)
             if ok:
                 since.add_metric([p], age(ok))
+                if s["kind"] == "dr-test":
+                    tested.add_metric([p], parse_iso(ok).timestamp())
         yield dur
         yield rpo
         yield since
+        yield tested
         stalled = GaugeMetricFamily("aimsnap_aim_stalled", "1 while the watchdog sees the AIM set stalled",
                                     labels=["node", "aim_set"])
         for node, name in sorted(self.watchdog.stalled):

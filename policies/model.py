@@ -14,6 +14,7 @@ class NodeSpec:
     aim: str | None
     aim_tls_ca: str | None
     where: Where
+    nbd: str | None = None  # HOST:PORT of its NBD server, where a dr-test's check reaches its clone
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Retain:
 @dataclass(frozen=True)
 class Policy:
     name: str
-    kind: str  # source-snapshot | auto-marker | group
+    kind: str  # source-snapshot | auto-marker | group | dr-test
     node: str
     where: Where
     every: float | None = None  # seconds
@@ -67,6 +68,10 @@ class Policy:
     jitter: float = 0.0
     retain: Retain | None = None
     enabled: bool = True
+    snapshot_set: str | None = None  # dr-test: every member at its newest common point
+    verify: bool = False  # dr-test: first a block-exact verify of the AIM sets feeding it
+    check_run: tuple[str, ...] = ()  # dr-test: the operator's check, against the clone
+    check_timeout: float = 900.0
 
     @property
     def label(self) -> str:

@@ -87,7 +87,9 @@ def _explain(doc: Document, error: jsonschema.ValidationError) -> list[Problem]:
         want = sch["type"] if isinstance(sch["type"], list) else [sch["type"]]
         return [Problem(where, f"expected {' or '.join(_TYPES.get(t, t) for t in want)}, got {_kind(inst)}",
                         json_path(path))]
-    if v in ("minimum", "maximum", "minItems", "minLength", "maxLength"):
+    if v == "minItems":
+        return [Problem(where, f"expected at least {sch['minItems']} item(s), got {len(inst)}", json_path(path))]
+    if v in ("minimum", "maximum", "minLength", "maxLength"):
         return [Problem(where, f"{inst!r}: {error.message.split(' is ', 1)[-1]}", json_path(path))]
     return [Problem(where, error.message, json_path(path))]
 

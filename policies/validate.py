@@ -6,7 +6,6 @@ import functools
 import gc
 import os
 from collections.abc import Iterator
-from datetime import date, time
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -15,10 +14,9 @@ from .durations import DurationError, parse_duration
 from .errors import PolicyError, Problem, json_path
 from .loader import Document, load_file
 from .model import Bundle, NodeSpec, Policy, Resource, Retain
+from .items import dates, feeding_aim_sets, mapping, parse_window, resource_items, sequence, size_of, size_text
 from .schema import schema_problems
 
-RESOURCE_KINDS = {"volumes": "volume", "snapshots": "snapshot", "snapshot_sets": "snapshot_set",
-                  "aim_sets": "aim_set", "groups": "group"}
 BUILTIN_DEFAULTS = {"timezone": "UTC", "misfire": {"grace": "5m", "catch_up": "once"},
                     "retries": {"count": 3, "backoff": "30s"}, "timeout": "10m", "jitter": 0}
 
@@ -107,8 +105,9 @@ class _Semantics:
                 self.b.nodes[name] = NodeSpec(name, str(spec.get("api", "")),
                                               os.path.join(base, str(spec.get("token_file", ""))),
                                               spec.get("aim"), spec.get("aim_tls_ca") and os.path.join(
-                                                  base, str(spec["aim_tls_ca"])), doc.lazy_where(("nodes", name), True))
-        for section, kind, i, item in _resource_items(doc):
+                                                  base, str(spec["aim_tls_ca"])), doc.lazy_where(("nodes", name), True),
+                                              spec.get("nbd"))
+        for section, kind, i, item in resource_items(doc):
             if not isinstance(item.get("name"), str):
                 continue
             node, name = str(item.get("node")), item["name"]
@@ -139,7 +138,7 @@ class _Semantics:
         return None
 
     def resources(self, doc: Document) -> None:
-        for section, kind, i, item in _resource_items(doc):
+        for section, kind, i, item in resource_items(doc):
             p = ("resources", section, i)
             if not self._node(doc, p + ("node",), item.get("node")):
                 continue
@@ -158,11 +157,11 @@ class _Semantics:
                 if self._node(doc, p + ("to", "node"), to.get("node")):
                     dest = self._ref(doc, p + ("to", "volume"), ("volume",), to["node"], to.get("volume"),
                                      "destination volume")
-                    if src and dest and _size(self.b, src) is not None and _size(self.b, dest) is not None \
-                            and _size(self.b, src) != _size(self.b, dest):
+                    if src and dest and size_of(self.b, src) is not None and size_of(self.b, dest) is not None \
+                            and size_of(self.b, src) != size_of(self.b, dest):
                         self.err(doc, p + ("to", "volume"), f"destination volume {dest.name!r} is "
                                  f"{dest.spec.get('size')}, the source {src.name!r} is "
-                                 f"{_size_text(self.b, src)}: they must be the same size")
+                                 f"{size_text(self.b, src)}: they must be the same size")
                     if not self.b.nodes[to["node"]].aim:
                         self.err(doc, p + ("to", "node"), f"node {to['node']!r} is an AIM destination: "
                                  "give its AIM address (`aim: HOST:PORT`) under `nodes:`")
@@ -234,13 +233,13 @@ class _Semantics:
         tz = item.get("timezone", defaults.get("timezone", "UTC"))
         if "timezone" in item and not self._zone(doc, p + ("timezone",), tz):
             ok = False
-        window = _window(item.get("window"))
+        window = parse_window(item.get("window"))
         if item.get("window") is not None and window is None:
             self.err(doc, p + ("window",), f"invalid window {item['window']!r}: write HH:MM-HH:MM with different times")
             ok = False
         blackout = []
         for j, text in enumerate(item.get("blackout") or []):
-            span = _dates(str(text))
+            span = dates(str(text))
             if span is None:
                 self.err(doc, p + ("blackout", j), f"invalid blackout {text!r}: write YYYY-MM-DD or "
                                                    "YYYY-MM-DD..YYYY-MM-DD (start before end)")
@@ -264,7 +263,7 @@ class _Semantics:
                 ok = False
             ok &= snap is not None
         if aim and marker.get("destination_snapshot") is not None:
-            to = _mapping(aim.spec.get("to"))
+            to = mapping(aim.spec.get("to"))
             dsnap = self.b.resource("snapshot", str(to.get("node")), str(marker["destination_snapshot"]))
             if dsnap is None or dsnap.spec.get("source") != to.get("volume"):
                 self.err(doc, p + ("marker", "destination_snapshot"),
@@ -275,9 +274,15 @@ class _Semantics:
         if kind == "group" and item.get("group") is not None:
             group = self._ref(doc, p + ("group",), ("group",), node, item["group"], "group")
             ok &= group is not None and self._group_set(doc, p, node, group, marker.get("destination_snapshot_set"))
-        misfire = {**_mapping(defaults.get("misfire")), **_mapping(item.get("misfire"))}
-        retries = {**_mapping(defaults.get("retries")), **_mapping(item.get("retries"))}
-        quiesce = _mapping(item.get("quiesce"))
+        if kind == "dr-test":
+            ok &= self._dr_test(doc, p, item, node)
+        elif any(k in item for k in ("check", "verify", "snapshot_set")):
+            key = next(k for k in ("check", "verify", "snapshot_set") if k in item)
+            self.err(doc, p + (key,), f"`{key}` is for dr-test policies, not {kind}", key=True)
+            ok = False
+        misfire = {**mapping(defaults.get("misfire")), **mapping(item.get("misfire"))}
+        retries = {**mapping(defaults.get("retries")), **mapping(item.get("retries"))}
+        quiesce = mapping(item.get("quiesce"))
         retain = item.get("retain")
         if not ok or not build:
             return None
@@ -296,11 +301,48 @@ class _Semantics:
             backoff=self._duration(doc, p + ("retries", "backoff"), retries.get("backoff"), "30s"),
             timeout=self._duration(doc, p + ("timeout",), item.get("timeout"), defaults.get("timeout")),
             jitter=self._duration(doc, p + ("jitter",), item.get("jitter"), defaults.get("jitter")),
-            retain=Retain(**retain) if isinstance(retain, dict) else None, enabled=bool(item.get("enabled", True)))
+            retain=Retain(**retain) if isinstance(retain, dict) else None, enabled=bool(item.get("enabled", True)),
+            snapshot_set=item.get("snapshot_set"), verify=bool(item.get("verify", False)),
+            check_run=tuple(mapping(item.get("check")).get("run") or ()),
+            check_timeout=self._duration(doc, p + ("check", "timeout"), mapping(item.get("check")).get("timeout"),
+                                         "15m"))
+
+    def _dr_test(self, doc: Document, p: tuple, item: dict, node: str) -> bool:
+        """A dr-test names the points it tests (a differential snapshot, or a snapshot set, on its
+        node), and nothing of the marker kinds; ``verify`` needs an AIM set feeding them."""
+        for key in ("marker", "retain", "aim_set", "group", "quiesce"):
+            if key in item:
+                self.err(doc, p + (key,), f"a dr-test policy has no `{key}`: it tests the points other "
+                                          "policies make", key=True)
+                return False
+        if ("snapshot" in item) == ("snapshot_set" in item):
+            self.err(doc, p, f"dr-test policy {item['name']!r} needs exactly one of `snapshot` or `snapshot_set`")
+            return False
+        if "snapshot" in item:
+            snaps = [self._ref(doc, p + ("snapshot",), ("snapshot",), node, item["snapshot"], "snapshot")]
+        else:
+            sset = self._ref(doc, p + ("snapshot_set",), ("snapshot_set",), node, item["snapshot_set"], "snapshot set")
+            if sset is None:
+                return False
+            snaps = [self.b.resource("snapshot", node, str(m)) for m in sequence(sset.spec.get("members"))]
+        if any(s is None for s in snaps):
+            return False
+        for s in snaps:
+            if s.spec.get("type") != "differential":  # type: ignore[union-attr]
+                self.err(doc, p + ("snapshot" if "snapshot" in item else "snapshot_set",),
+                         f"snapshot {s.name!r} is {s.spec.get('type')}: a dr-test clones points in time "  # type: ignore[union-attr]
+                         "of differential snapshots")
+                return False
+        if item.get("verify") and not feeding_aim_sets(self.b, node, [str(s.spec.get("source")) for s in snaps]):  # type: ignore[union-attr]
+            self.err(doc, p + ("verify",), f"no AIM set declared replicates into {node!r}'s volume(s) "
+                                           f"{', '.join(sorted({str(s.spec.get('source')) for s in snaps}))}: "  # type: ignore[union-attr]
+                                           "nothing to verify")
+            return False
+        return True
 
     def _group_set(self, doc: Document, p: tuple, node: str, group: Resource, set_name: object) -> bool:
-        members = [self.b.resource("aim_set", node, str(m)) for m in _sequence(group.spec.get("members"))]
-        dests = {str(_mapping(m.spec.get("to")).get("node")) for m in members if m}
+        members = [self.b.resource("aim_set", node, str(m)) for m in sequence(group.spec.get("members"))]
+        dests = {str(mapping(m.spec.get("to")).get("node")) for m in members if m}
         if len(dests) != 1:
             self.err(doc, p + ("group",), f"the AIM sets of group {group.name!r} replicate to different nodes "
                                           f"({', '.join(sorted(map(str, dests)))}): one snapshot set cannot cover them")
@@ -312,74 +354,10 @@ class _Semantics:
                      f"destination snapshot set {set_name!r} is not declared on node {dest!r}")
             return False
         covered = {str((self.b.resource("snapshot", dest, str(s)) or Resource("", "", "", {}, doc.where(p))).spec.get(
-                   "source")) for s in _sequence(sset.spec.get("members"))}
-        missing = sorted({str(_mapping(m.spec.get("to")).get("volume")) for m in members if m} - covered)
+                   "source")) for s in sequence(sset.spec.get("members"))}
+        missing = sorted({str(mapping(m.spec.get("to")).get("volume")) for m in members if m} - covered)
         if missing:
             self.err(doc, p + ("marker", "destination_snapshot_set"),
                      f"snapshot set {set_name!r} has no snapshot of destination volume(s) {', '.join(missing)}")
             return False
         return True
-
-
-_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30, "GIB": 1 << 30,
-          "T": 1 << 40, "TIB": 1 << 40}
-
-
-def _resource_items(doc: Document):
-    """(section, kind, index, item) of every declared resource that is a mapping."""
-    resources = doc.data.get("resources")
-    if not isinstance(resources, dict):
-        return
-    for section, kind in RESOURCE_KINDS.items():
-        items = resources.get(section)
-        for i, item in enumerate(items if isinstance(items, list) else []):
-            if isinstance(item, dict):
-                yield section, kind, i, item
-
-
-def _size(bundle: Bundle, r: Resource) -> int | None:
-    """Bytes of a declared volume (the schema has checked the form; the node checks the rest)."""
-    if r.kind == "snapshot":
-        src = bundle.resource("volume", r.node, str(r.spec.get("source")))
-        return _size(bundle, src) if src else None
-    text = str(r.spec.get("size", "")).strip().upper()
-    digits = "".join(c for c in text if c.isdigit())
-    unit = text[len(digits):].strip()
-    return int(digits) * _UNITS[unit] if digits and unit in _UNITS else None
-
-
-def _size_text(bundle: Bundle, r: Resource) -> str:
-    if r.kind == "snapshot":
-        src = bundle.resource("volume", r.node, str(r.spec.get("source")))
-        return str(src.spec.get("size")) if src else "?"
-    return str(r.spec.get("size"))
-
-
-def _window(text: object) -> tuple[time, time] | None:
-    if not isinstance(text, str) or "-" not in text:
-        return None
-    try:
-        a, b = (time.fromisoformat(t.strip()) for t in text.split("-", 1))
-    except ValueError:
-        return None
-    return (a, b) if a != b else None
-
-
-def _dates(text: str) -> tuple[date, date] | None:
-    try:
-        if ".." in text:
-            a, b = (date.fromisoformat(t) for t in text.split("..", 1))
-        else:
-            a = b = date.fromisoformat(text)
-    except ValueError:
-        return None
-    return (a, b) if a <= b else None
-
-
-def _mapping(value: object) -> dict:
-    """A mapping the schema may already have refused as something else: checked as empty."""
-    return value if isinstance(value, dict) else {}
-
-
-def _sequence(value: object) -> list:
-    return value if isinstance(value, list) else []

@@ -37,8 +37,9 @@ class ActionContext:
 
 
 def run_action(ctx: ActionContext) -> dict:
-    from . import auto_marker, group, source_snapshot
-    actions = {"source-snapshot": source_snapshot.run, "auto-marker": auto_marker.run, "group": group.run}
+    from . import auto_marker, dr_test, group, source_snapshot
+    actions = {"source-snapshot": source_snapshot.run, "auto-marker": auto_marker.run, "group": group.run,
+               "dr-test": dr_test.run}
     actions[ctx.policy.kind](ctx)
     if ctx.policy.retain:  # after a point landed: every kind prunes the points it made
         from .retention import prune_destination

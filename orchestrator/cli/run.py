@@ -107,11 +107,14 @@ def status(db: str, as_json: bool) -> None:
         rpo = None
         if point and point.get("issued_at"):
             rpo = (now - parse_iso(point["issued_at"])).total_seconds()
+        tested = None
+        if sched["kind"] == "dr-test" and last and last["details"]:  # the point it tested, and how that went
+            tested = {"point": last["details"].get("point"), "status": last["status"], "at": last["started_at"]}
         rows.append({"policy": name, "kind": sched["kind"], "next_fire": sched["next_fire"],
                      "last_status": last and last["status"], "last_started_at": last and last["started_at"],
                      "last_error": last and last["error"], "recovery_point": point and point["point"],
                      "recovery_point_at": point and point["issued_at"], "rpo_seconds": rpo and round(rpo, 1),
-                     "consecutive_failures": store.consecutive_failures(name)})
+                     "consecutive_failures": store.consecutive_failures(name), "last_test": tested})
     problems = store.aim_problems()
     stalled = [p["message"] for p in problems if p["kind"] == "stalled"]
     errors = [p["message"] for p in problems if p["kind"] == "aim_error"]
@@ -124,6 +127,10 @@ def status(db: str, as_json: bool) -> None:
     print_table(rows, [("policy", "POLICY"), ("last_status", "LAST"), ("last_started_at", "AT"),
                        ("next_fire", "NEXT"), ("recovery_point_at", "RECOVERY POINT"), ("rpo_seconds", "RPO S"),
                        ("consecutive_failures", "FAILURES")], empty="no policies scheduled")
+    for r in rows:
+        if r["last_test"]:
+            t = r["last_test"]
+            click.echo(f"DR TEST {r['policy']}: {t['point'] or 'no point'} {t['status']} at {t['at']}")
     for s in stalled:
         click.echo(f"STALLED: {s}")
     for s in errors:

@@ -33,6 +33,9 @@ policies:
 """
 
 
+DR_TEST = "  - name: t1\n    kind: dr-test\n    node: dr\n    snapshot: db01-dr-pit\n    every: 1h\n"  # lines 22-26
+
+
 def variant(old: str, new: str) -> str:
     assert old in BASE, old
     return BASE.replace(old, new, 1)
@@ -101,6 +104,14 @@ CASES = [
             "    marker: {destination_snapshot_set: s}\n", 25, 12, "unknown group 'nope'"),
     (variant("    - {node: prod, name: db01-aim, source: db01-ci, to: {node: dr, volume: db01-dr}}",
              "    - {node: prod, name: db01-aim, source: db01-ci, to: {node: dr, volume: nope}}"), 13, 76, "unknown destination volume 'nope'"),
+    # dr-test
+    (BASE + DR_TEST + "    marker: {destination_snapshot: db01-dr-pit}\n", 27, 5, "a dr-test policy has no `marker`"),
+    (BASE + DR_TEST.replace("    snapshot: db01-dr-pit\n", ""), 22, 5, "needs exactly one of `snapshot` or `snapshot_set`"),
+    (BASE + DR_TEST.replace("node: dr", "node: prod").replace("db01-dr-pit", "db01-ci"), 25, 15,
+     "is complete-image: a dr-test clones points in time"),
+    (BASE + DR_TEST.replace("db01-dr-pit", "nope"), 25, 15, "unknown snapshot 'nope'"),
+    (BASE + DR_TEST + "    check: {run: []}\n", 27, 18, "expected at least 1 item(s), got 0"),
+    (variant("    every: 15m", "    every: 15m\n    check: {run: [/bin/true]}"), 21, 5, "`check` is for dr-test policies"),
 ]
 
 

@@ -1,0 +1,39 @@
+"""Running an operator's command for a run (a quiesce hook, a DR test's check): argv, a timeout
+that kills the whole process group (a check's helpers too), and bounded output for the history."""
+
+import os
+import signal
+import subprocess
+
+from . import ActionFailed, ActionTimeout
+
+OUTPUT_LIMIT = 4000  # characters of each stream kept in the run's details
+
+
+def command(argv: tuple[str, ...], timeout: float, what: str, details: dict, *, key: str | None = None,
+            env: dict | None = None) -> int:
+    """Run ``argv``; record it in ``details[key or what]``; its exit code. A timeout or a command
+    that cannot start fails the run, saying ``what`` it was."""
+    entry: dict = {"argv": list(argv)}
+    details[key or what] = entry
+    try:
+        p = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             text=True, errors="replace", start_new_session=True,
+                             env={**os.environ, **env} if env else None)
+    except OSError as e:
+        entry["error"] = str(e)
+        raise ActionFailed(f"{what} command {argv[0]} could not run: {e.strerror or e}") from None
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        entry.update(timeout=timeout, stdout=out[-OUTPUT_LIMIT:], stderr=err[-OUTPUT_LIMIT:])
+        raise ActionTimeout(f"{what} command {argv[0]} did not finish within {timeout:g}s") from None
+    entry.update(exit=p.returncode, stdout=out[-OUTPUT_LIMIT:], stderr=err[-OUTPUT_LIMIT:])
+    return p.returncode
+
+
+def last_line(entry: dict) -> str:
+    text = (entry.get("stderr") or entry.get("stdout") or "").strip().splitlines()
+    return text[-1][:300] if text else ""
