@@ -2,6 +2,8 @@
 
 - Clone create + delete of a point of an 8 TiB sparse volume (64 MiB written), beside ``nbdcopy``
   of the same 64 MiB of data out of a node (the least a copy-based test failover would cost).
+- ``aim verify`` of a 1 GiB volume between two nodes, beside ``cat`` of the volume's file to
+  /dev/null, and the digest bytes it puts on the wire over the volume's size.
 - Restore of a 1 GiB volume with 1 % of its blocks changed since the point, beside ``nbdcopy`` of
   the whole point into a volume over NBD (what an operator without restore would do; the target
   has no snapshots, so the copy pays no copy-on-write).
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 from common import emit, median, timed
 
@@ -95,6 +98,46 @@ def restore_bench(workdir: str, repeat: int) -> dict:
             "ratio": round(t / b, 4)}
 
 
+def verify_bench(workdir: str, repeat: int) -> list[dict]:
+    """aim verify of a 1 GiB volume between two nodes on loopback, beside reading the source
+    volume's file with ``cat > /dev/null`` (the disk's speed); and the digest bytes on the wire."""
+    size = 1 << 30
+    src, dst = start_node(os.path.join(workdir, "vsrc")), start_node(os.path.join(workdir, "vdst"))
+    try:
+        s, d = RemoteNode(src.api, src.token, timeout=600), RemoteNode(dst.api, dst.token, timeout=600)
+        s.create_volume("v", size)
+        d.create_volume("v-dr", size)
+        fill(s, "v", size, os.urandom(8 << 20))
+        s.replication.create("v-aim", "v", f"{dst.aim}/v-dr", dst.token)
+        while (info := s.replication.info("v-aim"))["state"] != "replicating" or info["acked_seq"] != info["last_seq"]:
+            time.sleep(0.2)
+        times, base, wire = [], [], []
+        path = os.path.join(workdir, "vsrc", "volumes", "v.img")
+        for i in range(repeat):
+            for what in (("verify", "cat") if i % 2 == 0 else ("cat", "verify")):
+                if what == "cat":
+                    base.append(timed(lambda: subprocess.run(f"cat {path} > /dev/null", shell=True, check=True)))
+                    continue
+                t0 = time.perf_counter()
+                s.replication.verify("v-aim", False)
+                while (st := s.replication.verify_status("v-aim"))["state"] == "running":
+                    time.sleep(0.02)
+                times.append(time.perf_counter() - t0)
+                assert st["state"] == "done" and st["mismatched_ranges"] == 0, st
+                wire.append(st["digest_bytes"])
+        s.close()
+        d.close()
+    finally:
+        src.stop()
+        dst.stop()
+    t, b = median(times), median(base)
+    return [{"what": "verify, 1 GiB, source and destination on loopback", "seconds": round(t, 3),
+             "baseline": "cat of the volume's file > /dev/null", "baseline_seconds": round(b, 3),
+             "ratio": round(b / t, 3)},
+            {"what": "verify: digest bytes on the wire / volume size", "seconds": None,
+             "baseline": "the volume's size", "baseline_seconds": None, "ratio": round(median(wire) / size, 6)}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
@@ -103,11 +146,14 @@ def main() -> None:
         sys.exit("needs nbdcopy (libnbd-bin: make deps)")
     workdir = tempfile.mkdtemp(prefix="aimsnap-bench-", dir=os.environ.get("AIMSNAP_BENCH_DIR"))
     try:
-        rows = [clone_bench(workdir, args.repeat), restore_bench(workdir, args.repeat)]
+        rows = [clone_bench(workdir, args.repeat), restore_bench(workdir, args.repeat),
+                *verify_bench(workdir, args.repeat)]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    emit("recovery (ratio = aimsnap time / baseline time; lower is better)", rows)
-    print("targets: clone create+delete < 1 s on 8 TiB; restore <= 0.05x a full copy")
+    emit("recovery (clone, restore: aimsnap time / baseline time, lower is better; verify: baseline time / "
+         "aimsnap time, higher is better; wire: bytes / volume size)", rows)
+    print("targets: clone create+delete < 1 s on 8 TiB; restore <= 0.05x a full copy; verify >= 0.7x cat; "
+          "wire <= 0.01")
 
 
 if __name__ == "__main__":

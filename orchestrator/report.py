@@ -10,6 +10,23 @@ COLORS = {"ok": "#2e7d32", "failed": "#c62828", "timeout": "#ef6c00", "skipped":
           "interrupted": "#795548", "running": "#1565c0"}
 
 
+def _dr_tests(runs: list[dict]) -> str:
+    """The DR tests: per dr-test run, the point it proved (or not), the check's exit, and why."""
+    rows = [r for r in runs if r["kind"] == "dr-test" and r["status"] not in ("running", "skipped")][-50:]
+    if not rows:
+        return ""
+    cells = []
+    for r in reversed(rows):
+        d = r["details"] or {}
+        check = d.get("check") or {}
+        verify = ", ".join(f"{a}: {v['mismatched_ranges']} differ" for a, v in (d.get("verify") or {}).items())
+        cells.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+            r["policy"], r["started_at"], r["status"], d.get("point") or "-", verify or "-",
+            check.get("exit", "-"), r["error"] or "")) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("policy", "at", "result", "point tested", "verify", "check exit", "why"))
+    return f"<h2>DR tests</h2><table><tr>{head}</tr>{''.join(cells)}</table>"
+
+
 def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str:
     now = now or datetime.now(timezone.utc)
     runs = list(reversed(store.history(limit=limit)))
@@ -67,7 +84,7 @@ def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str
                         f"</td></tr>" for p, c in sorted(counts.items()))
         legend = " ".join(f'<span style="color:{c}">&#9632; {s}</span>' for s, c in COLORS.items())
         body = (f"<h2>Runs by policy</h2><p>{legend}</p>{timeline}<h2>Recovery point age (RPO) over time</h2>"
-                f"{''.join(rpo_parts)}<h2>Totals</h2><table>{table}</table>")
+                f"{''.join(rpo_parts)}<h2>Totals</h2><table>{table}</table>{_dr_tests(runs)}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>aimsnap report</title>"
             f"<style>body{{font-family:sans-serif;margin:2em}}td{{padding:2px 12px}}</style></head><body>"
             f"<h1>aimsnap report</h1><p>Generated {html.escape(str(now))} from {html.escape(store.path)}</p>"

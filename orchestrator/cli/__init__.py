@@ -33,7 +33,7 @@ def cli(ctx: click.Context, root: str, node_url: str | None, token_file: str | N
 
 
 for command in (*storage.COMMANDS, *recovery.COMMANDS, *aim.COMMANDS, *policy.COMMANDS, *run.COMMANDS, node.node, demo.demo,
-                demo.demo_quiesce):
+                demo.demo_quiesce, demo.demo_check):
     cli.add_command(command)
 
 

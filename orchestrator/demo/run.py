@@ -34,11 +34,13 @@ from ..apply import reconcile
 from ..report import render
 from ..store import Store
 from .localnode import NodeProc, start_node
-from .verify import checks_table, mib, runs_table, traffic_table, verify
+from .verify import Check, checks_table, mib, runs_table, traffic_table, verify
 from .workload import CONTROL_ENV, ControlServer, Workload
 
 EXAMPLE = Path(policies.__file__).parent / "examples" / "demo.yaml"
 SNAPSHOT_POLICY = "db01-snapshot"  # demo.yaml's source-snapshot policy
+DR_TEST_POLICY = "app-dr-test"  # ... and its dr-test, run once at the end
+FS_VOLUME = "fs01"  # holds an ext4 file system (made at the start), which the DR test checks
 
 
 class DemoFailed(Exception):
@@ -68,7 +70,7 @@ class Demo:
     def write_policies(self) -> Bundle:
         doc = yaml.safe_load(EXAMPLE.read_text())
         for name, site in self.sites.items():
-            doc["nodes"][name] = {"api": site.api, "token_file": site.token_file, "aim": site.aim}
+            doc["nodes"][name] = {"api": site.api, "token_file": site.token_file, "aim": site.aim, "nbd": site.nbd}
         with open(self.policy_file, "w") as f:
             f.write(f"# written by aimsnap demo from {EXAMPLE}, with this run's node addresses\n")
             yaml.safe_dump(doc, f, sort_keys=False, width=120)
@@ -87,10 +89,29 @@ class Demo:
             time.sleep(0.05)
         return actions
 
+    def make_file_system(self, size: int) -> str:
+        """An ext4 with a file in it, written into the fs01 volume (what the DR test's contrib check
+        finds on its clone); the reason if this machine cannot (no mkfs.ext4)."""
+        if not shutil.which("mkfs.ext4"):
+            return "no mkfs.ext4 (e2fsprogs)"
+        tree, image = os.path.join(self.work, "fs-tree"), os.path.join(self.work, "fs01.img")
+        os.makedirs(tree, exist_ok=True)
+        with open(os.path.join(tree, "hello"), "w") as f:
+            f.write("hello from the production site\n")
+        subprocess.run(["truncate", "-s", str(size), image], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", tree, image], check=True, capture_output=True)
+        prod = self.clients["prod"]
+        with open(image, "rb") as f:
+            offset = 0
+            while chunk := f.read(1 << 20):
+                prod.write(FS_VOLUME, offset, chunk)
+                offset += len(chunk)
+        return ""
+
     def start_workload(self, bundle: Bundle, rate: float, seed: int) -> None:
         sizes = {r.name: parse_size(r.spec["size"]) for r in bundle.resources.values()
                  if r.kind == "volume" and r.node == "prod"}
-        self.workload = Workload(self.sites["prod"].nbd, sizes, rate, seed)
+        self.workload = Workload(self.sites["prod"].nbd, sizes, rate, seed, frozenset([FS_VOLUME]))
         self.control = ControlServer(os.path.join(self.work, "quiesce.sock"), self.workload)
         self.workload.start()
 
@@ -102,6 +123,20 @@ class Demo:
             [sys.executable, "-m", "orchestrator", "run", self.policy_file, "--db", self.db],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
+
+    def dr_test(self) -> Check:
+        """Run the demo's dr-test policy once, as an operator would (`aimsnap trigger`)."""
+        env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+               "AIMSNAP_DEMO_NO_FS": self.no_fs}
+        p = subprocess.run([sys.executable, "-m", "orchestrator", "trigger", DR_TEST_POLICY, self.policy_file,
+                            "--db", self.db], capture_output=True, text=True, env=env, timeout=120)
+        run = Store(self.db).last_run(DR_TEST_POLICY) or {}
+        details = run.get("details") or {}
+        clones_left = self.clients["dr"].list_clones()
+        ok = p.returncode == 0 and run.get("status") == "ok" and not clones_left
+        note = (details.get("check") or {}).get("stdout", "").strip().replace("\n", "; ") if ok else \
+            (run.get("error") or p.stderr.strip() or f"clones left: {clones_left}")
+        return Check(DR_TEST_POLICY, f"DR test of app-dr-set@{details.get('point')}", ok, note[:300])
 
     def save_results(self) -> None:
         """Leave the outcome store, the policy file and the logs where the user can look at them."""
@@ -183,6 +218,8 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
         created = d.apply(bundle)
     console.print(f"applied {EXAMPLE.name}: {sum(a.action == 'created' for a in created)} resources created, "
                   f"{len(bundle.policies)} policies")
+    size = parse_size(bundle.resource("volume", "prod", FS_VOLUME).spec["size"])  # type: ignore[union-attr]
+    d.no_fs = d.make_file_system(size)
     baseline = d.bytes_sent()
     d.start_workload(bundle, rate, seed)
     d.start_orchestrator()
@@ -206,6 +243,9 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
         _wait_caught_up(d)
         sent = {k: v - baseline.get(k, 0) for k, v in d.bytes_sent().items()}
         checks = verify(d, bundle, store, progress)
+        test = progress.add_task("DR test: a clone of the group's newest point, checked, deleted", total=None, info="")
+        checks.append(d.dr_test())
+        progress.remove_task(test)
     console.print(runs_table(store, bundle))
     console.print(traffic_table(d, sent))
     console.print(checks_table(checks))
@@ -225,7 +265,9 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
     if failures or unverified or rc != 0:
         console.print(f"[red]demo FAILED: {len(failures)} of {len(checks)} points differ or are missing[/]")
         return 1
-    console.print(f"[green]demo OK: {len(checks)} destination points in time, each equal to its source at its marker[/]")
+    points = sum(c.policy != DR_TEST_POLICY for c in checks)
+    console.print(f"[green]demo OK: {points} destination points in time, each equal to its source at its marker; "
+                  "the DR test of the newest group point passed[/]")
     return 0
 
 

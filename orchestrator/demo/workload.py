@@ -60,8 +60,10 @@ class Workload:
     rewrites of 1 % of each volume (the hot spot a database's log and indexes make), the rest
     4-64 KiB anywhere."""
 
-    def __init__(self, nbd: str, volumes: dict[str, int], rate: float, seed: int) -> None:
+    def __init__(self, nbd: str, volumes: dict[str, int], rate: float, seed: int,
+                 static: frozenset[str] = frozenset()) -> None:
         self.rng = random.Random(seed)
+        self.static = static  # volumes only frozen and recorded, never written (a file system)
         self.rate = rate
         self.lock = threading.Lock()
         self.volumes: dict[str, VolumeLoad] = {}
@@ -99,7 +101,7 @@ class Workload:
         v.changed.update(range(first, first + count))
 
     def _write_loop(self) -> None:
-        names = list(self.volumes)
+        names = [n for n in self.volumes if n not in self.static]
         start, done = time.monotonic(), 0
         while self.writing.is_set():
             v = self.volumes[self.rng.choice(names)]

@@ -76,6 +76,10 @@ def test_passing_failing_and_hanging_checks(pair, tmp_path):
     run = last(db, "stuck")
     assert run["status"] == "timeout" and "did not finish within 2s" in run["error"]
     assert pair.dst.api.list_clones() == []  # every run deleted its clone
+    page = tmp_path / "report.html"
+    assert aimsnap("report", "--db", db, "--html", str(page)).code == 0
+    html = page.read_text()
+    assert "<h2>DR tests</h2>" in html and m["point"] in html and "3 rows corrupt" in html
     # `status` (with an orchestrator running: it publishes the schedule) says what each last tested
     import signal
     import sys
