@@ -2,6 +2,7 @@
 returns the run's details (blocks, bytes, durations, marker); it raises :class:`ActionFailed`
 with one line for the operator when the run fails."""
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,7 @@ class ActionContext:
     run_id: int
     clock: Callable[[], datetime]
     details: dict = field(default_factory=dict)
+    stopping: threading.Event = field(default_factory=threading.Event)  # set at shutdown: commands end early
 
     def record_marker(self, marker: dict, node: str | None = None) -> None:
         self.store.record_marker(self.run_id, self.policy.name, node or self.policy.node, marker)

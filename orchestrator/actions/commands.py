@@ -4,16 +4,20 @@ that kills the whole process group (a check's helpers too), and bounded output f
 import os
 import signal
 import subprocess
+import threading
+import time
 
 from . import ActionFailed, ActionTimeout
 
 OUTPUT_LIMIT = 4000  # characters of each stream kept in the run's details
+POLL = 0.5  # seconds between looks at ``stopping``
 
 
 def command(argv: tuple[str, ...], timeout: float, what: str, details: dict, *, key: str | None = None,
-            env: dict | None = None) -> int:
-    """Run ``argv``; record it in ``details[key or what]``; its exit code. A timeout or a command
-    that cannot start fails the run, saying ``what`` it was."""
+            env: dict | None = None, stopping: threading.Event | None = None) -> int:
+    """Run ``argv``; record it in ``details[key or what]``; its exit code. A timeout, a command
+    that cannot start, or ``stopping`` (the orchestrator shutting down) fails the run, saying
+    ``what`` it was."""
     entry: dict = {"argv": list(argv)}
     details[key or what] = entry
     try:
@@ -23,13 +27,21 @@ def command(argv: tuple[str, ...], timeout: float, what: str, details: dict, *, 
     except OSError as e:
         entry["error"] = str(e)
         raise ActionFailed(f"{what} command {argv[0]} could not run: {e.strerror or e}") from None
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        entry.update(timeout=timeout, stdout=out[-OUTPUT_LIMIT:], stderr=err[-OUTPUT_LIMIT:])
-        raise ActionTimeout(f"{what} command {argv[0]} did not finish within {timeout:g}s") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out, err = p.communicate(timeout=min(POLL, max(0.0, deadline - time.monotonic())))
+            break
+        except subprocess.TimeoutExpired:
+            stopped = stopping is not None and stopping.is_set()
+            if not stopped and time.monotonic() < deadline:
+                continue
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            entry.update(timeout=timeout, stdout=out[-OUTPUT_LIMIT:], stderr=err[-OUTPUT_LIMIT:])
+            if stopped:
+                raise ActionFailed(f"{what} command {argv[0]} stopped: the orchestrator is shutting down") from None
+            raise ActionTimeout(f"{what} command {argv[0]} did not finish within {timeout:g}s") from None
     entry.update(exit=p.returncode, stdout=out[-OUTPUT_LIMIT:], stderr=err[-OUTPUT_LIMIT:])
     return p.returncode
 

@@ -79,7 +79,7 @@ def check(ctx: ActionContext, point: str, clones: list[str]) -> None:
     env = {"AIMSNAP_NBD_URL": urls[0], "AIMSNAP_NBD_URLS": " ".join(urls), "AIMSNAP_POINT": point,
            "AIMSNAP_CLONE": clones[0], "AIMSNAP_CLONES": " ".join(clones)}
     started = time.monotonic()
-    code = command(argv, p.check_timeout, "check", ctx.details, env=env)
+    code = command(argv, p.check_timeout, "check", ctx.details, env=env, stopping=ctx.stopping)
     ctx.details["check"]["seconds"] = round(time.monotonic() - started, 3)
     if code != 0:
         raise ActionFailed(f"the check of {point} failed (exit {code}): {last_line(ctx.details['check'])}")

@@ -157,7 +157,7 @@ class Runner:
                  lock: threading.Lock, run_id: int | None = None) -> tuple[str, bool]:
         if run_id is None:
             run_id = self.store.start_run(policy.name, policy.kind, trigger, self.clock(), scheduled_for, attempt)
-        ctx = ActionContext(policy, self.bundle(), self.nodes, self.store, run_id, self.clock)
+        ctx = ActionContext(policy, self.bundle(), self.nodes, self.store, run_id, self.clock, stopping=self.stopping)
         outcome: dict = {}
 
         def call() -> None:

@@ -83,8 +83,12 @@ def test_passing_failing_and_hanging_checks(pair, tmp_path):
     # `status` (with an orchestrator running: it publishes the schedule) says what each last tested
     import signal
     import sys
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", path, "--db", db],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", path, "--db", db, "--metrics",
+                             f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -96,6 +100,10 @@ def test_passing_failing_and_hanging_checks(pair, tmp_path):
         assert by["weekly"]["last_test"]["point"] == m["point"] and by["weekly"]["last_test"]["status"] == "ok"
         assert by["broken"]["last_test"]["status"] == "failed"
         assert "DR TEST weekly: " in aimsnap("status", "--db", db).text
+        import urllib.request
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert 'aimsnap_dr_test_last_success_timestamp{policy="weekly"}' in metrics
+        assert 'aimsnap_dr_test_last_success_timestamp{policy="broken"}' not in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
@@ -141,3 +149,36 @@ def _tree(tmp_path):
     tree.mkdir()
     (tree / "hello").write_text("hello from the source\n")
     return tree
+
+
+def test_orchestrator_shutdown_stops_the_check_and_deletes_the_clone(pair, tmp_path):
+    """SIGTERM while a check runs (it would run for ten minutes): the orchestrator kills it, the run
+    says why, the clone is gone, and the process exits 0 within seconds."""
+    import signal
+    import sys
+    path, db = site(pair, tmp_path, dr_test("long", ["sleep", "600"], timeout="10m"))
+    assert pair.marker("erp-to-dr", "erp-dr-pit", "p1")["state"] == "applied"
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", path, "--db", db],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+
+        def serving() -> bool:
+            st = aimsnap("status", "--db", db, "--json")
+            return st.code == 0 and st.json()["orchestrator"] == "running"
+        while not serving():  # else trigger would run the check here, for ten minutes
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert "asked the running orchestrator" in aimsnap("trigger", "long", "--db", db).text
+        while not pair.dst.api.list_clones():
+            assert time.monotonic() < deadline, "the run never made its clone"
+            time.sleep(0.1)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0 and time.monotonic() - t0 < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert pair.dst.api.list_clones() == []
+    run = [r for r in aimsnap("history", "--db", db, "--policy", "long", "--json").json() if r["trigger"] == "manual"][0]
+    assert run["status"] == "failed" and "shutting down" in run["error"]

@@ -70,14 +70,13 @@ def test_a_clone_of_a_destination_point_while_replication_goes_on(pair, tmp_path
     assert res.code == 1 and "test1" in res.err
     # SIGKILL the destination with an NBD client connected to the clone; after a restart the clone
     # (its flushed writes), the point and replication are intact
-    holder = subprocess.Popen(["nbdsh", "-u", uri, "-c", "import time; time.sleep(60)"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if shutil.which("nbdsh") else None
+    from engine.client.nbd import NbdClient
+    holder = NbdClient(pair.dst.proc.nbd, "test1")
+    assert holder.read(0, 4096)[1] == bytes(expected[:4096])
     try:
         pair.dst.restart(signal.SIGKILL)
     finally:
-        if holder is not None:
-            holder.kill()
-            holder.wait()
+        holder.close()
     assert pair.dst.api.read("test1", 0, SIZE) == bytes(expected)
     assert read_point(pair.dst.api, "v-dr-pit", p1, SIZE) == at_p1
     _random_writes(pair.src.api, rng, 10)
