@@ -15,6 +15,7 @@ import pytest
 from engine import EngineError
 from engine.aim.journal import Journal
 from engine.client.nbd import NbdClient
+from engine.client.remote import RemoteNode
 
 from ..aimpair import Pair
 from ..campaign import SLOT, SLOTS, Campaign
@@ -116,7 +117,11 @@ class PowerCampaign(Campaign):
         sides = {"src": self.pair.src, "dst": self.pair.dst}
         if "src" in which:  # what a resync after the cut may fail: markers not yet answered
             known = set(self.expected)
-            outstanding = {m["id"] for m in self.pair.src.api.replication.markers(self.aim) if m["state"] == "issued"}
+            own = RemoteNode(self.pair.src.proc.api, self.pair.src.proc.token)  # the writer uses the other
+            try:
+                outstanding = {m["id"] for m in own.replication.markers(self.aim) if m["state"] == "issued"}
+            finally:
+                own.close()
         for w in which:  # the power goes at once: every node dies before any disk is looked at
             sides[w].kill()
         for w in which:
