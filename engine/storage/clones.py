@@ -58,6 +58,7 @@ class Clone:
         self.fd = os.open(data_path, os.O_RDWR)
         self.present = BlockBitmap(map_path, self.nblocks)
         self.lock = threading.Lock()
+        self.closed = False  # deleted (or thawed): a flush of the observed volume may still call in
         self._unsynced: tuple[int, int] | None = None  # byte range of the map with bits not yet in its file
 
     @property
@@ -72,7 +73,12 @@ class Clone:
     def read(self, offset: int, length: int) -> bytes:
         check_range(self.name, self.size, offset, length)
         with self.lock:
+            self._check_open()
             return self._read(offset, length)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise NotFound(f"clone {self.name!r} was deleted")
 
     def _read(self, offset: int, length: int) -> bytes:
         """Runs of blocks from the clone's file or from the base, in order."""
@@ -91,6 +97,7 @@ class Clone:
         for offset, data in writes:
             check_range(self.name, self.size, offset, len(data))
         with self.lock:
+            self._check_open()
             for offset, data in writes:
                 if data:
                     self._copy_up_ends(offset, len(data))
@@ -103,6 +110,7 @@ class Clone:
         check_range(self.name, self.size, offset, length)
         if length:
             with self.lock:
+                self._check_open()
                 self._copy_up_ends(offset, length)
                 punch_hole(self.fd, offset, length)
                 self._mark(offset, length)
@@ -110,8 +118,12 @@ class Clone:
             self.flush()
 
     def flush(self) -> None:
-        """Data first, then the presence bits that make it visible after a restart."""
+        """Data first, then the presence bits that make it visible after a restart. A no-op once
+        closed: the observed volume's flush calls its observers outside its lock, so it may come
+        just after a delete."""
         with self.lock:
+            if self.closed:
+                return
             os.fdatasync(self.fd)
             if self._unsynced is not None:
                 lo, hi = self._unsynced
@@ -145,6 +157,8 @@ class Clone:
         assert self.observed is not None
         bs = self.block_size
         with self.lock:
+            if self.closed:
+                return
             todo = sorted({b for i in batch for b in range(i.first, i.last + 1) if not self.present.test(b)})
             if not todo:
                 return
@@ -163,6 +177,9 @@ class Clone:
 
     def close(self) -> None:
         with self.lock:
+            if self.closed:
+                return
+            self.closed = True
             os.close(self.fd)
             self.present.close()
 
