@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from common import emit, median, timed
+from common import drop_caches, emit, median, timed
 
 from engine import Node
 from engine.client.remote import RemoteNode
@@ -111,29 +111,38 @@ def verify_bench(workdir: str, repeat: int) -> list[dict]:
         s.replication.create("v-aim", "v", f"{dst.aim}/v-dr", dst.token)
         while (info := s.replication.info("v-aim"))["state"] != "replicating" or info["acked_seq"] != info["last_seq"]:
             time.sleep(0.2)
-        times, base, wire = [], [], []
+        times = {"warm": [], "cold": []}
+        base = {"warm": [], "cold": []}
+        wire = []
         path = os.path.join(workdir, "vsrc", "volumes", "v.img")
         for i in range(repeat):
-            for what in (("verify", "cat") if i % 2 == 0 else ("cat", "verify")):
-                if what == "cat":
-                    base.append(timed(lambda: subprocess.run(f"cat {path} > /dev/null", shell=True, check=True)))
-                    continue
-                t0 = time.perf_counter()
-                s.replication.verify("v-aim", False)
-                while (st := s.replication.verify_status("v-aim"))["state"] == "running":
-                    time.sleep(0.02)
-                times.append(time.perf_counter() - t0)
-                assert st["state"] == "done" and st["mismatched_ranges"] == 0, st
-                wire.append(st["digest_bytes"])
+            for cache in ("warm", "cold"):
+                for what in (("verify", "cat") if i % 2 == 0 else ("cat", "verify")):
+                    if cache == "cold":
+                        drop_caches()
+                    if what == "cat":
+                        base[cache].append(timed(lambda: subprocess.run(f"cat {path} > /dev/null", shell=True,
+                                                                        check=True)))
+                        continue
+                    t0 = time.perf_counter()
+                    s.replication.verify("v-aim", False)
+                    while (st := s.replication.verify_status("v-aim"))["state"] == "running":
+                        time.sleep(0.02)
+                    times[cache].append(time.perf_counter() - t0)
+                    assert st["state"] == "done" and st["mismatched_ranges"] == 0, st
+                    wire.append(st["digest_bytes"])
         s.close()
         d.close()
     finally:
         src.stop()
         dst.stop()
-    t, b = median(times), median(base)
-    return [{"what": "verify, 1 GiB, source and destination on loopback", "seconds": round(t, 3),
-             "baseline": "cat of the volume's file > /dev/null", "baseline_seconds": round(b, 3),
-             "ratio": round(b / t, 3)},
+    rows = []
+    for cache in ("warm", "cold"):
+        t, b = median(times[cache]), median(base[cache])
+        rows.append({"what": f"verify, 1 GiB, both nodes on this machine, {cache} page cache", "seconds": round(t, 3),
+                     "baseline": f"cat of the volume's file > /dev/null, {cache}", "baseline_seconds": round(b, 3),
+                     "ratio": round(b / t, 3)})
+    return [*rows,
             {"what": "verify: digest bytes on the wire / volume size", "seconds": None,
              "baseline": "the volume's size", "baseline_seconds": None, "ratio": round(median(wire) / size, 6)}]
 

@@ -4,7 +4,7 @@ The source freezes its volume (a private copy-on-write view, O(1)) and puts a ve
 the stream in the same instant, under the volume lock; the destination freezes its volume when it
 applies that marker. Both views are the same write-order point, so they must be equal to the
 byte, whatever is written meanwhile (DRBD's online verify compares live data, which is only exact
-on a quiet volume). Each side digests its view in 1 MiB ranges (BLAKE2b-128; holes are known
+on a quiet volume). Each side digests its view in 1 MiB ranges (BLAKE3, 128 bits; holes are known
 without reading them); only the destination's digests cross the wire (16 bytes a MiB). With
 ``repair``, the source sends the mismatched ranges of its view; the destination writes them into
 its view and, for blocks the stream has not overwritten since the point, into its volume, and the
@@ -14,7 +14,6 @@ ranges are digested again. The views are dropped at the end (and at the next ope
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import threading
@@ -22,6 +21,8 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import blake3
 
 from ..errors import Conflict, EngineError
 from ..storage.clones import Clone
@@ -61,10 +62,10 @@ def digests(view: Clone, volume: Volume, indexes: list[int] | None = None,
     for i in indexes if indexes is not None else range(count):
         length = min(RANGE, size - i * RANGE)
         if i in has_data:
-            out[i] = hashlib.blake2b(view.read(i * RANGE, length), digest_size=DIGEST_SIZE).digest()
+            out[i] = blake3.blake3(view.read(i * RANGE, length)).digest(DIGEST_SIZE)
         else:
             if length not in zero:
-                zero[length] = hashlib.blake2b(bytes(length), digest_size=DIGEST_SIZE).digest()
+                zero[length] = blake3.blake3(bytes(length)).digest(DIGEST_SIZE)
             out[i] = zero[length]
         if progress:
             progress(length)

@@ -70,6 +70,8 @@ class Restore:
                     union |= int.from_bytes(p.present.bits, "little")
                 changed = bytearray(union.to_bytes(len(newer[0].present.bits), "little"))
         bs, copied = vol.block_size, 0
+        batch: list[tuple[int, bytes]] = []
+        blocks = 0
         for first, count in runs(changed, vol.nblocks, RUN_BLOCKS):
             offset = first * bs
             length = min((first + count) * bs, vol.size) - offset
@@ -77,8 +79,13 @@ class Restore:
                 data = pread_all(rel.image.fd, length, offset)
             else:
                 data = rel.read(rel.find(point), offset, length)
-            vol.write_many([(offset, data)])
-            copied += length
+            batch.append((offset, data))
+            copied, blocks = copied + length, blocks + count
+            if blocks >= RUN_BLOCKS:  # one batch of the write path: one fdatasync of the pre-restore point
+                vol.write_many(batch)
+                batch, blocks = [], 0
+        if batch:
+            vol.write_many(batch)
         vol.flush()
         return {"volume": volume, "from": origin, "blocks": count_bits(changed), "bytes": copied,
                 "pre_restore_points": [f"{r.snapshot}@{r.point}" for r in protected],
