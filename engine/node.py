@@ -9,6 +9,9 @@ Lock order (every path takes them in this order, never the reverse):
 1. ``Relationship.enable_lock`` (one enable of a snapshot relationship at a time), by name
 2. ``Storage.lock`` (what exists: volumes, relationships, sets, AIM sets)
 3. ``Volume.lock`` (a volume's write path and observers), several in name order (``barrier``)
+3b. ``Clone.lock``: after the volume lock of the volume it observes (an image, or a verify's frozen
+   live volume: it copies blocks up as an observer), and before the source volume lock of a point
+   it reads its base from (a clone of a point observes nothing, so no path takes them the other way)
 4. leaf locks, held for a few statements and never while taking another: ``Meta``'s connection
    lock, ``JournalObserver.cond``, ``Markers.waiters`` and its stamp lock, ``GroupBarriers.cond``,
    the receiver's stream map, the listener's connection set

@@ -155,6 +155,9 @@ class Applier:
         if not isinstance(verify_id, str) or not verify_id.isalnum() or len(verify_id) > 32:
             raise WireError("verify marker without a usable id")
         vol.flush()
+        stale = [k for k in self.storage.frozen if k.startswith(view_key(self.b.set_id, ""))]
+        for key in stale:  # a verify whose source gave up before asking for digests: one per set at a time
+            self.storage.thaw(key)
         with vol.lock:
             self.storage.freeze(vol, view_key(self.b.set_id, verify_id))
         self.meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", f.seq, self.b.set_id)

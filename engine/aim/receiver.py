@@ -136,6 +136,10 @@ class Receiver:
         set_id = str(hello.get("set_id", ""))
         key = verify.view_key(set_id, str(hello.get("verify_id", "")))
         binding, view = self.binding(set_id), self.storage.frozen.get(key)
+        if hello.get("abort"):  # the source's verify failed: this view is of no use
+            self.storage.thaw(key)
+            wire.server_accept(conn, self.token, challenge, nonce)
+            return
         if binding is None or view is None:
             wire.send_message(conn, {"ok": False, "error": "no verify point here (the destination restarted, "
                                                            "or never reached the verify marker)"})

@@ -64,7 +64,9 @@ class Replication:
             if self.storage.unclean_machine_restart:  # the page cache was lost: trust nothing, resync
                 aim.observer.track_all()
             aim.volume.observers.append(aim.observer)
-            self.ledger.fail_lost(aim.name, aim.journal_end)
+            # beyond what the disk kept and what the destination acknowledged (an acknowledged
+            # marker's result comes back in the handshake)
+            self.ledger.fail_lost(aim.name, max(aim.journal_end, aim.record.acked_seq + 1))
             replayed = aim.observer.replay(self.ledger.sequenced)
             if replayed:
                 log.info("aim %s: replayed %d journal entries into %s after an unclean stop",
@@ -89,6 +91,8 @@ class Replication:
             aim.start()
 
     def close(self) -> None:
+        for v in list(self.verifications.values()):
+            v.cancel()
         for aim in self.sets.values():
             aim.stop()
         for aim in self.sets.values():

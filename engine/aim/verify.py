@@ -91,7 +91,10 @@ def _recv(conn: wire.Connection, kind: str | None = None) -> dict:
     return m
 
 
-def _send_digests(conn: wire.Connection, found: dict[int, bytes]) -> None:
+def _send_digests(conn: wire.Connection, found: dict[int, bytes], broken: str | None = None) -> None:
+    if broken:
+        _send(conn, "digests", {"indexes": [], "last": True, "digests": "", "broken": broken})
+        return
     items = sorted(found.items())
     for pos in range(0, max(len(items), 1), CHUNK):
         part = items[pos:pos + CHUNK]
@@ -103,6 +106,8 @@ def _recv_digests(conn: wire.Connection) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     while True:
         m = _recv(conn, "digests")
+        if m.get("broken"):
+            raise EngineError(f"the destination's verify point broke: {m['broken']}")
         raw, indexes = base64.b64decode(str(m.get("digests", ""))), m.get("indexes")
         if not isinstance(indexes, list) or len(raw) != DIGEST_SIZE * len(indexes):
             raise wire.WireError("a verify digest message that does not add up")
@@ -122,7 +127,7 @@ class Verification:
         self.state, self.error, self.result = "running", None, None
         self.started_at = time.time()
         self.bytes_compared = 0
-        self.wire_bytes = 0
+        self.cancelled = threading.Event()  # the node is closing: stop at the next range
         self.thread = threading.Thread(target=self.run, name=f"aim-verify-{aim.name}", daemon=True)
 
     def status(self) -> dict:
@@ -136,6 +141,7 @@ class Verification:
 
     def run(self) -> None:
         key = f"verify-{self.id}"
+        self.marker_placed = False
         try:
             self.result = self._run(key)
             self.state = "done"
@@ -144,6 +150,8 @@ class Verification:
         except Exception as e:  # noqa: BLE001 - said in the status, the log and the outcome
             self.state, self.error = "failed", describe(e, (EngineError, OSError, wire.WireError))
             log.warning("aim %s: verify %s failed: %s", self.aim.name, self.id, self.error)
+            if self.marker_placed:
+                self._abort()
         finally:
             self.storage.thaw(key)
             self.on_done(self.status())
@@ -156,6 +164,7 @@ class Verification:
             view = self.storage.freeze(vol, key)
             seq = aim.observer.append_marker({"verify": self.id})
             epoch = aim.observer.epoch
+        self.marker_placed = True
         aim.journal.sync()
         self._wait_reached(seq, epoch)
         sock = aim.connector(rec.dest_host, rec.dest_port, tls=aim.tls)
@@ -177,6 +186,8 @@ class Verification:
             fetch.join(IO_TIMEOUT)
             if failed:
                 raise failed[0]
+            if view.broken:
+                raise EngineError(f"the source's verify point broke: {view.broken}")
             if set(remote) != set(local):
                 raise wire.WireError("the destination sent digests of other ranges")
             mismatched = sorted(i for i in local if local[i] != remote[i])
@@ -193,6 +204,22 @@ class Verification:
                 "range_size": RANGE, "seconds": round(time.time() - self.started_at, 3),
                 "digest_bytes": len(remote) * DIGEST_SIZE, "verified_at": time.time()}
 
+    def _abort(self) -> None:
+        """Best effort: the destination drops its view of this verify (if it made one, and is
+        reachable); else it goes at the next verify of the set, or the destination's restart."""
+        aim, rec = self.aim, self.aim.record
+        try:
+            sock = aim.connector(rec.dest_host, rec.dest_port, tls=aim.tls)
+            conn = wire.Connection(sock)
+            try:
+                conn.settimeout(10)
+                wire.client_handshake(sock, aim.token, {"op": "verify", "set_id": rec.id, "verify_id": self.id,
+                                                        "abort": True})
+            finally:
+                conn.close()
+        except (OSError, wire.WireError, EngineError):
+            pass
+
     @staticmethod
     def _blocks(indexes: list[int], vol: Volume) -> int:
         """Blocks in the mismatched ranges (the digests do not say which block of a range differs)."""
@@ -200,15 +227,25 @@ class Verification:
                    for i in indexes)
 
     def _progress(self, n: int) -> None:
+        if self.cancelled.is_set():
+            raise EngineError("the node is stopping")
         self.bytes_compared += n
+
+    def cancel(self, timeout: float = 10.0) -> None:
+        """Stop (the node is closing) and wait for the thread, before the files it reads go."""
+        self.cancelled.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
 
     def _wait_reached(self, seq: int, epoch: int) -> None:
         aim, deadline = self.aim, time.monotonic() + REACH_TIMEOUT
-        while aim.record.acked_seq < seq:
-            if aim.observer.epoch != epoch or aim.record.overflowed:
-                raise Conflict(f"AIM set {aim.name!r} went over its journal limit before the destination reached "
-                               "the verify point: verify it again once it replicates")
-            if aim.closing:
+        while True:
+            if aim.observer.epoch != epoch or aim.record.overflowed or aim.record.resync_from is not None:
+                raise Conflict(f"AIM set {aim.name!r} went over its journal limit or resynchronised before the "
+                               "destination reached the verify point: verify it again once it replicates")
+            if aim.record.acked_seq >= seq:
+                return
+            if aim.closing or self.cancelled.is_set():
                 raise EngineError("the node is stopping")
             if time.monotonic() > deadline:
                 raise EngineError(f"the destination did not reach the verify point within {REACH_TIMEOUT:.0f}s: "
@@ -229,7 +266,8 @@ class Verification:
 def serve(storage: Storage, conn: wire.Connection, view: Clone, volume: Volume) -> None:
     """The destination's half, on the verify connection: digests of its view, then repairs."""
     conn.settimeout(IO_TIMEOUT)
-    _send_digests(conn, digests(view, volume))
+    found = digests(view, volume)
+    _send_digests(conn, found, view.broken)
     count = (volume.size + RANGE - 1) // RANGE
     while True:
         m = _recv(conn)
@@ -259,10 +297,15 @@ def repair_range(view: Clone, volume: Volume, offset: int, data: bytes) -> None:
         first, last = offset // bs, (offset + len(data) - 1) // bs
         stale = [b for b in range(first, last + 1) if not view.present.test(b)]
         view.write_many([(offset, data)])  # now the view holds the range: the volume's copy-up skips it
-        for b in stale:
-            start = b * bs
-            piece = data[start - offset:min(start + bs, offset + len(data)) - offset]
-            volume.apply_write(start, piece)
+        writes, run = [], []
+        for b in stale + [-2]:  # runs of consecutive blocks, landed as one batch
+            if run and b != run[-1] + 1:
+                start, end = run[0] * bs, min((run[-1] + 1) * bs, offset + len(data))
+                writes.append((start, data[start - offset:end - offset]))
+                run = []
+            run.append(b)
+        if writes:
+            volume.apply_writes(writes)
     volume.flush()
     view.flush()
     log.info("aim verify: repaired %d bytes of %s at %d (%d block(s) in the volume)", len(data), volume.name,

@@ -59,6 +59,8 @@ class Clone:
         self.present = BlockBitmap(map_path, self.nblocks)
         self.lock = threading.Lock()
         self.closed = False  # deleted (or thawed): a flush of the observed volume may still call in
+        self.private = False  # a frozen view (a verify's): it gives up rather than fail a host's write
+        self.broken: str | None = None  # why a private view stopped keeping its point
         self._unsynced: tuple[int, int] | None = None  # byte range of the map with bits not yet in its file
 
     @property
@@ -122,14 +124,16 @@ class Clone:
         closed: the observed volume's flush calls its observers outside its lock, so it may come
         just after a delete."""
         with self.lock:
-            if self.closed:
-                return
-            os.fdatasync(self.fd)
-            if self._unsynced is not None:
-                lo, hi = self._unsynced
-                os.pwrite(self.present.fd, bytes(self.present.bits[lo:hi]), lo)
-                self.present.sync()
-                self._unsynced = None
+            if not self.closed:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        os.fdatasync(self.fd)
+        if self._unsynced is not None:
+            lo, hi = self._unsynced
+            os.pwrite(self.present.fd, bytes(self.present.bits[lo:hi]), lo)
+            self.present.sync()
+            self._unsynced = None
 
     def _copy_up_ends(self, offset: int, length: int) -> None:
         """A write that covers a block only in part: the rest of it comes from the base first."""
@@ -157,14 +161,24 @@ class Clone:
         assert self.observed is not None
         bs = self.block_size
         with self.lock:
-            if self.closed:
+            if self.closed or self.broken:
                 return
+            if self._unsynced is not None:
+                # a block skipped below because a host wrote it must be the clone's for good before
+                # the observed volume overwrites the base: else a crash would show the new content
+                self._flush_locked()
             todo = sorted({b for i in batch for b in range(i.first, i.last + 1) if not self.present.test(b)})
             if not todo:
                 return
-            for b in todo:
-                copy_range(self.observed.fd, self.fd, b * bs, min(bs, self.size - b * bs))
-            os.fdatasync(self.fd)
+            try:
+                for b in todo:
+                    copy_range(self.observed.fd, self.fd, b * bs, min(bs, self.size - b * bs))
+                os.fdatasync(self.fd)
+            except OSError as e:
+                if not self.private:
+                    raise  # a clone refuses the write that would change what it shows
+                self.broken = f"{e.strerror or e} (keeping the frozen view)"  # a verify must not fail writes
+                return
             for b in todo:
                 self.present.mark(b, b)  # written to the map file now: its data is durable
             self.present.sync()
@@ -311,6 +325,7 @@ class Clones:
             return pread_all(fd, length, offset)
         view = Clone(key, Origin(volume.name, None), volume.size, volume.block_size, data, mapfile,
                      iso(self.clock()), base, volume)
+        view.private = True
         with volume.lock:
             volume.observers.append(view)
         self.frozen[key] = view

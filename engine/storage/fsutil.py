@@ -25,22 +25,23 @@ def make_dir(path: str) -> None:
     """``mkdir -p`` that survives a power cut: each directory it makes is synced into its parent
     (a new directory's name is durable only once its parent is synced)."""
     path = os.path.abspath(path)
-    if os.path.isdir(path):
-        return
     parent = os.path.dirname(path)
-    make_dir(parent)
-    try:
-        os.mkdir(path, 0o755)
-    except FileExistsError:
-        return
-    fsync_dir(parent)
+    if not os.path.isdir(path):
+        make_dir(parent)
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            pass
+    fsync_dir(parent)  # also for one that existed: made by a process that died before syncing it
 
 
 def write_new(path: str, data: bytes, mode: int = 0o600) -> None:
     """Create ``path`` (it must not exist) holding ``data``, durably: the file, then its name."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -57,9 +57,17 @@ class Restore:
         elif not point or rel.find(point) < 0:
             raise NotFound(f"point in time {origin!r} does not exist" if point else
                            f"snapshot {snap!r} is differential: name a point in time, {snap}@POINT")
-        diffs = sorted((r for r in self.snapshots.values() if isinstance(r, Differential) and r.source is vol),
-                       key=lambda r: r.name)
+        with self.lock:
+            diffs = sorted((r for r in self.snapshots.values() if isinstance(r, Differential) and r.source is vol),
+                           key=lambda r: r.name)
         protected = self._enable(diffs, f"pre-restore.{point_stamp(self.clock())}") if diffs else []
+        with rel.enable_lock:  # the origin stays put: no delete of its point, no increment of its image
+            return self._copy_back(vol, rel, origin, point, protected, started)
+
+    def _copy_back(self, vol: Volume, rel: CompleteImage | Differential, origin: str, point: str,
+                   protected: list[EnableResult], started: float) -> dict:
+        if self.snapshots.get(rel.name) is not rel or (isinstance(rel, Differential) and rel.find(point) < 0):
+            raise NotFound(f"{origin!r} was deleted before the restore began (the pre-restore points stay)")
         with vol.lock:  # which blocks differ, as of now (a host writing meanwhile is its own business)
             if isinstance(rel, CompleteImage):
                 changed = bytearray(rel.dirty.bits)
@@ -78,7 +86,7 @@ class Restore:
             if isinstance(rel, CompleteImage):
                 data = pread_all(rel.image.fd, length, offset)
             else:
-                data = rel.read(rel.find(point), offset, length)
+                data = rel.read(rel.find(point), offset, length)  # found: deletes wait for the enable lock
             batch.append((offset, data))
             copied, blocks = copied + length, blocks + count
             if blocks >= RUN_BLOCKS:  # one batch of the write path: one fdatasync of the pre-restore point
@@ -87,6 +95,6 @@ class Restore:
         if batch:
             vol.write_many(batch)
         vol.flush()
-        return {"volume": volume, "from": origin, "blocks": count_bits(changed), "bytes": copied,
+        return {"volume": vol.name, "from": origin, "blocks": count_bits(changed), "bytes": copied,
                 "pre_restore_points": [f"{r.snapshot}@{r.point}" for r in protected],
                 "seconds": round(time.monotonic() - started, 3)}
