@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from ..storage.storage import Storage
 from ..storage.volume import Volume
 from . import frames
 from .barriers import GroupBarriers
-from .verify import view_key
+from .verify import CLAIM_TIMEOUT, view_key
 from .wire import Connection, WireError
 
 log = logging.getLogger("aimsnap.aim.receiver")
@@ -158,8 +159,18 @@ class Applier:
         stale = [k for k in self.storage.frozen if k.startswith(view_key(self.b.set_id, ""))]
         for key in stale:  # a verify whose source gave up before asking for digests: one per set at a time
             self.storage.thaw(key)
+        key = view_key(self.b.set_id, verify_id)
         with vol.lock:
-            self.storage.freeze(vol, view_key(self.b.set_id, verify_id))
+            view = self.storage.freeze(vol, key)
+
+        def unclaimed() -> None:  # the source gave up (or died) before asking for the digests
+            if not view.claimed and self.storage.frozen.get(key) is view:
+                log.warning("aim %s: verify %s: no verify connection within %.0fs: its point is dropped",
+                            self.b.set_name, verify_id, CLAIM_TIMEOUT)
+                self.storage.thaw(key)
+        timer = threading.Timer(CLAIM_TIMEOUT, unclaimed)
+        timer.daemon = True
+        timer.start()
         self.meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", f.seq, self.b.set_id)
         log.info("aim %s: verify %s: frozen at %d", self.b.set_name, verify_id, f.seq)
 

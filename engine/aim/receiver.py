@@ -144,6 +144,7 @@ class Receiver:
             wire.send_message(conn, {"ok": False, "error": "no verify point here (the destination restarted, "
                                                            "or never reached the verify marker)"})
             return
+        view.claimed = True
         wire.server_accept(conn, self.token, challenge, nonce)
         try:
             verify.serve(self.storage, Connection(conn), view, self.storage.volume(binding.volume))

@@ -41,6 +41,7 @@ DIGEST_SIZE = 16
 CHUNK = 16384  # digests per message (256 KiB)
 REACH_TIMEOUT = 600.0  # how long the destination may take to reach the verify point
 IO_TIMEOUT = 600.0
+CLAIM_TIMEOUT = 60.0  # a destination's view that no verify connection claims within this is dropped
 
 
 def view_key(set_id: str, verify_id: str) -> str:

@@ -61,6 +61,7 @@ class Clone:
         self.closed = False  # deleted (or thawed): a flush of the observed volume may still call in
         self.private = False  # a frozen view (a verify's): it gives up rather than fail a host's write
         self.broken: str | None = None  # why a private view stopped keeping its point
+        self.claimed = False  # a destination's verify view: its verify connection has come
         self._unsynced: tuple[int, int] | None = None  # byte range of the map with bits not yet in its file
 
     @property

@@ -68,3 +68,28 @@ def test_verify_is_exact_under_writes_and_repairs_what_was_corrupted(sites):  # 
     assert dst.read("v-dr", 0, BIG) == src.read("v", 0, BIG)
     assert src.replication.info("v-aim")["last_verify"]["mismatched_ranges"] == 0
     assert not src.frozen and not dst.frozen  # the temporary points are gone
+
+
+def test_a_verify_that_gives_up_leaves_no_point_behind(sites, monkeypatch):  # noqa: F811
+    """The destination reaches the verify marker only after the source gave up waiting: nobody
+    asks for its digests, and its frozen view (copy-on-write on every later write) goes by itself."""
+    import engine.aim.applier as applier
+    import engine.aim.verify as verify
+    src, dst, link, _ = sites
+    rng = random.Random(4)
+    _setup(src, dst, rng)
+    monkeypatch.setattr(verify, "REACH_TIMEOUT", 0.3)
+    monkeypatch.setattr(applier, "CLAIM_TIMEOUT", 0.5)
+    src.replication.pause("v-aim")
+    src.replication.verify("v-aim")
+    deadline = time.monotonic() + 20
+    while src.replication.verify_status("v-aim")["state"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert "did not reach the verify point" in src.replication.verify_status("v-aim")["error"]
+    src.replication.resume("v-aim")
+    _caught_up(src, "v-aim")
+    while dst.frozen:
+        assert time.monotonic() < deadline, "the unclaimed view stayed"
+        time.sleep(0.05)
+    assert _verify(src)["mismatched_ranges"] == 0
