@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 from ..errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from .bitmap import BlockBitmap, count_bits
-from .fsutil import copy_range, create_sparse, fsync_dir, punch_hole
+from .fsutil import create_sparse, fsync_dir, punch_hole
 from .hosts import Hosts
 from .meta import Meta
 from .names import Clock, check_name, iso
 from .root import Root
-from .snapshots import CompleteImage, Differential
+from .snapshots import CompleteImage, Differential, preserve, read_pieces
 from .volume import Volume, WriteIntent, check_range, pread_all, pwrite_all
 
 BaseRead = Callable[[int, int], bytes]
@@ -85,15 +85,11 @@ class Clone:
 
     def _read(self, offset: int, length: int) -> bytes:
         """Runs of blocks from the clone's file or from the base, in order."""
-        bs, out, pos, end = self.block_size, bytearray(), offset, offset + length
-        while pos < end:
-            mine = self.present.test(pos // bs)
-            stop = min((pos // bs + 1) * bs, end)
-            while stop < end and self.present.test(stop // bs) == mine:
-                stop = min(stop + bs, end)
-            out += pread_all(self.fd, stop - pos, pos) if mine else self.base_read(pos, stop - pos)
-            pos = stop
-        return bytes(out)
+        return read_pieces(offset, length, self.block_size, lambda b: self if self.present.test(b) else None,
+                           self._piece)
+
+    def _piece(self, holder: object, offset: int, length: int) -> bytes:
+        return pread_all(self.fd, length, offset) if holder is self else self.base_read(offset, length)
 
     # -- writing (a host's: through NBD or the API) ---------------------------------------------------------
     def write_many(self, writes: Sequence[tuple[int, bytes | memoryview]], fua: bool = False) -> None:
@@ -160,7 +156,6 @@ class Clone:
         """The observed volume is about to change: keep its current content of blocks the clone
         has not got (the same as a point in time's preservation)."""
         assert self.observed is not None
-        bs = self.block_size
         with self.lock:
             if self.closed or self.broken:
                 return
@@ -168,21 +163,12 @@ class Clone:
                 # a block skipped below because a host wrote it must be the clone's for good before
                 # the observed volume overwrites the base: else a crash would show the new content
                 self._flush_locked()
-            todo = sorted({b for i in batch for b in range(i.first, i.last + 1) if not self.present.test(b)})
-            if not todo:
-                return
             try:
-                for b in todo:
-                    copy_range(self.observed.fd, self.fd, b * bs, min(bs, self.size - b * bs))
-                os.fdatasync(self.fd)
+                preserve(self.observed, self, batch)  # copies, one fdatasync, then the presence bits
             except OSError as e:
                 if not self.private:
                     raise  # a clone refuses the write that would change what it shows
                 self.broken = f"{e.strerror or e} (keeping the frozen view)"  # a verify must not fail writes
-                return
-            for b in todo:
-                self.present.mark(b, b)  # written to the map file now: its data is durable
-            self.present.sync()
 
     def after_write(self, batch: Sequence[WriteIntent]) -> None:
         pass
@@ -197,6 +183,12 @@ class Clone:
             self.closed = True
             os.close(self.fd)
             self.present.close()
+
+
+def _file_reader(volume: Volume) -> BaseRead:
+    """A clone's base read straight from a volume's file: an image, or a live volume it freezes
+    (it observes that volume, so a block that changes is copied up first)."""
+    return lambda offset, length: pread_all(volume.fd, length, offset)
 
 
 class Clones:
@@ -255,8 +247,7 @@ class Clones:
         data, mapfile = self.files.clone(row["name"])
         image = rel.image if isinstance(rel, CompleteImage) else None
         if image is not None:
-            def base(offset: int, length: int, fd: int = image.fd) -> bytes:
-                return pread_all(fd, length, offset)
+            base = _file_reader(image)
         else:
             def base(offset: int, length: int, snap: str = origin.snapshot, point: str | None = origin.point) -> bytes:
                 return self.read_snapshot(snap, point, offset, length)
@@ -321,11 +312,8 @@ class Clones:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             os.ftruncate(fd, size)
             os.close(fd)
-
-        def base(offset: int, length: int, fd: int = volume.fd) -> bytes:
-            return pread_all(fd, length, offset)
         view = Clone(key, Origin(volume.name, None), volume.size, volume.block_size, data, mapfile,
-                     iso(self.clock()), base, volume)
+                     iso(self.clock()), _file_reader(volume), volume)
         view.private = True
         with volume.lock:
             volume.observers.append(view)

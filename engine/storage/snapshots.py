@@ -8,17 +8,23 @@ block not yet copied first copies it (the relationship is a :class:`~engine.volu
 so the result equals the source at the enable instant.
 """
 
+from __future__ import annotations
+
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .bitmap import BlockBitmap, count_bits, runs
 from ..errors import Conflict
 from .fsutil import copy_range
 from .meta import Meta
 from .volume import Volume, WriteIntent, pread_all
+
+if TYPE_CHECKING:
+    from .clones import Clone
 
 _COPY_RUN_BLOCKS = 256  # 16 MiB at 64 KiB blocks: long enough to stream, short enough to not stall writes
 
@@ -123,7 +129,7 @@ class CompleteImage:
                 return self.image.read(offset, length)
             # mid-increment: blocks not copied yet are still unchanged on the source
             pending, bs = self.pending, self.source.block_size
-            return _read_pieces(offset, length, bs, lambda b: self.source if pending[b >> 3] & (1 << (b & 7))
+            return read_pieces(offset, length, bs, lambda b: self.source if pending[b >> 3] & (1 << (b & 7))
                                 else self.image)
 
     def info(self) -> dict:
@@ -177,7 +183,7 @@ class Differential:
 
     def before_write(self, batch: Sequence[WriteIntent]) -> None:
         if self.points:
-            _preserve(self.source, self.points[-1], batch)
+            preserve(self.source, self.points[-1], batch)
 
     def after_write(self, batch: Sequence[WriteIntent]) -> None:
         pass
@@ -186,7 +192,7 @@ class Differential:
         pass  # the preserved copies stay: the blocks still hold what they copied
 
     def flush(self) -> None:
-        pass  # copies are made durable before the write they protect lands (see _preserve)
+        pass  # copies are made durable before the write they protect lands (see preserve)
 
     def begin_enable(self, now: str, point: Point) -> None:
         self.points.append(point)
@@ -215,7 +221,7 @@ class Differential:
             return self.source
 
         with self.source.lock:
-            return _read_pieces(offset, length, self.source.block_size, holder)
+            return read_pieces(offset, length, self.source.block_size, holder)
 
     def remove_point(self, index: int) -> Point:
         """Detach a point, first handing the blocks its predecessor still needs to it (caller
@@ -242,9 +248,10 @@ class Differential:
             p.close()
 
 
-def _preserve(source: Volume, point: Point, batch: Sequence[WriteIntent]) -> None:
-    """Copy the blocks the batch touches that ``point`` does not hold yet, durably (one
-    ``fdatasync`` per batch), before the writes that would overwrite them."""
+def preserve(source: Volume, point: Point | Clone, batch: Sequence[WriteIntent]) -> None:
+    """Copy the blocks the batch touches that ``point`` (a point in time, or a clone observing
+    ``source``) does not hold yet, durably (one ``fdatasync`` per batch), before the writes that
+    would overwrite them."""
     bs, size = source.block_size, source.size
     todo = sorted({b for i in batch for b in range(i.first, i.last + 1) if not point.present.test(b)})
     if not todo:
@@ -257,8 +264,10 @@ def _preserve(source: Volume, point: Point, batch: Sequence[WriteIntent]) -> Non
     point.present.sync()
 
 
-def _read_pieces(offset: int, length: int, bs: int, holder) -> bytes:
-    """Read a range block by block from whichever file holds each block, coalescing neighbours."""
+def read_pieces(offset: int, length: int, bs: int, holder: Callable[[int], object],
+                read: Callable[[object, int, int], bytes] | None = None) -> bytes:
+    """Read a range block by block from whichever holder holds each block, coalescing neighbours:
+    ``read(holder, offset, length)``, by default ``pread`` of the holder's ``fd``."""
     out = bytearray()
     pos, end = offset, offset + length
     while pos < end:
@@ -267,6 +276,6 @@ def _read_pieces(offset: int, length: int, bs: int, holder) -> bytes:
         stop = min((b + 1) * bs, end)
         while stop < end and holder(stop // bs) is src:
             stop = min(stop + bs, end)
-        out += pread_all(src.fd, stop - pos, pos)
+        out += read(src, pos, stop - pos) if read else pread_all(src.fd, stop - pos, pos)  # type: ignore[attr-defined]
         pos = stop
     return bytes(out)

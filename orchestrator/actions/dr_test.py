@@ -5,6 +5,7 @@ and the clone deleted whatever happened (a crash mid-run leaves it for the next 
 
 import time
 import urllib.parse
+from collections.abc import Callable
 
 from engine import EngineError, NotFound
 from policies.items import feeding_aim_sets
@@ -41,13 +42,21 @@ def run(ctx: ActionContext) -> None:
                 ctx.details.setdefault("cleanup_errors", []).append(str(e))
 
 
-def verify(ctx: ActionContext, node: str, aim_set: str) -> dict:
-    src = ctx.nodes(node)
-    st = src.replication.verify(aim_set, False)
-    deadline = time.monotonic() + ctx.policy.timeout
+def follow_verify(replication, aim_set: str, repair: bool, limit: float,
+                  progress: Callable[[dict], None] | None = None) -> dict:
+    """Start a verify of ``aim_set`` and follow it until it ends or ``limit`` seconds pass; its status."""
+    st = replication.verify(aim_set, repair)
+    deadline = time.monotonic() + limit
     while st["state"] == "running" and time.monotonic() < deadline:
+        if progress:
+            progress(st)
         time.sleep(VERIFY_POLL)
-        st = src.replication.verify_status(aim_set)
+        st = replication.verify_status(aim_set)
+    return st
+
+
+def verify(ctx: ActionContext, node: str, aim_set: str) -> dict:
+    st = follow_verify(ctx.nodes(node).replication, aim_set, False, ctx.policy.timeout)
     if st["state"] != "done":
         raise ActionFailed(f"verify of AIM set {aim_set!r}: {st.get('error') or 'still running at the timeout'}")
     summary = {k: st[k] for k in ("mismatched_ranges", "ranges", "bytes_compared", "seconds")}

@@ -1,7 +1,6 @@
 """CLI verbs for AIM sets, markers and groups (they act on the source node)."""
 
 import sys
-import time
 from datetime import datetime, timezone
 
 import click
@@ -9,6 +8,7 @@ import click
 from engine import EngineError, InvalidInput
 from policies.durations import DurationError, parse_duration
 
+from ..actions.dr_test import follow_verify
 from ..nodes import read_file, read_token
 from .storage import Target, json_option, pass_target
 from .output import print_fields, print_json, print_table
@@ -130,15 +130,12 @@ def aim_verify(target: Target, name: str, repair: bool, wait_for: str, as_json: 
         limit = parse_duration(wait_for)
     except DurationError as e:
         raise InvalidInput(str(e)) from None
+    def progress(st: dict) -> None:
+        if sys.stderr.isatty():
+            click.echo(f"\rverifying {name}: {st['bytes_compared'] >> 20} of {st['size'] >> 20} MiB compared",
+                       nl=False, err=True)
     with target.node() as node:
-        st = node.replication.verify(name, repair)
-        deadline = time.monotonic() + limit
-        while st["state"] == "running" and time.monotonic() < deadline:
-            if sys.stderr.isatty():
-                click.echo(f"\rverifying {name}: {st['bytes_compared'] >> 20} of {st['size'] >> 20} MiB compared",
-                           nl=False, err=True)
-            time.sleep(0.5)
-            st = node.replication.verify_status(name)
+        st = follow_verify(node.replication, name, repair, limit, progress)
     if sys.stderr.isatty():
         click.echo("", err=True)
     if as_json:

@@ -44,11 +44,12 @@ def demo_check(fs_snapshot: str | None, point: str, snapshots: tuple[str, ...]) 
     """The demo's DR test check: each clone ($AIMSNAP_NBD_URLS, one per snapshot in order) serves
     exactly its point over NBD; the file system on the --fs one passes contrib/checks/aimsnap-check-fs;
     and each takes a write that leaves its point unchanged."""
-    import hashlib
     import os
     import urllib.parse
 
     from engine.client.nbd import NbdClient
+
+    from ..demo.workload import digest
     urls = os.environ.get("AIMSNAP_NBD_URLS", "").split()
     if len(urls) != len(snapshots):
         click.echo(f"aimsnap demo-check: {len(urls)} clone URL(s) for {len(snapshots)} snapshot(s)", err=True)
@@ -57,15 +58,7 @@ def demo_check(fs_snapshot: str | None, point: str, snapshots: tuple[str, ...]) 
         parsed = urllib.parse.urlsplit(url)
         clone, origin = NbdClient(parsed.netloc, parsed.path.lstrip("/")), NbdClient(parsed.netloc, f"{snap}@{point}")
         try:
-            digests = []
-            for c in (clone, origin):
-                h = hashlib.sha256()
-                for off in range(0, c.size, 1 << 20):
-                    err, data = c.read(off, min(1 << 20, c.size - off))
-                    if err:
-                        raise OSError(err, f"reading {url}")
-                    h.update(data)
-                digests.append(h.hexdigest())
+            digests = [digest(_reader(c, url), c.size) for c in (clone, origin)]
             if digests[0] != digests[1]:
                 click.echo(f"{snap}@{point}: the clone differs from its point", err=True)
                 return 1
@@ -80,6 +73,16 @@ def demo_check(fs_snapshot: str | None, point: str, snapshots: tuple[str, ...]) 
             clone.close()
             origin.close()
     return 0
+
+
+def _reader(client, url: str):
+    """``read(offset, length)`` of an NBD export, raising on an error reply."""
+    def read(offset: int, length: int) -> bytes:
+        err, data = client.read(offset, length)
+        if err:
+            raise OSError(err, f"reading {url}")
+        return data
+    return read
 
 
 def _check_fs(url: str) -> int:
