@@ -86,6 +86,6 @@ def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str
         body = (f"<h2>Runs by policy</h2><p>{legend}</p>{timeline}<h2>Recovery point age (RPO) over time</h2>"
                 f"{''.join(rpo_parts)}<h2>Totals</h2><table>{table}</table>{_dr_tests(runs)}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>aimsnap report</title>"
-            f"<style>body{{font-family:sans-serif;margin:2em}}td{{padding:2px 12px}}</style></head><body>"
+            f"<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}</style></head><body>"
             f"<h1>aimsnap report</h1><p>Generated {html.escape(str(now))} from {html.escape(store.path)}</p>"
             f"{body}</body></html>")
