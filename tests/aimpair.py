@@ -89,7 +89,7 @@ class Pair:
             info = self.src.api.replication.info(aim)
             if info["state"] == "replicating" and info["queued_entries"] == 0 and info["acked_seq"] == info["last_seq"]:
                 return info
-            assert time.monotonic() < deadline, (info, self.src.log()[-2000:])
+            assert time.monotonic() < deadline, (info, self.src.log()[-3000:], self.dst.log()[-3000:])
             time.sleep(0.05)
 
     def marker(self, aim: str, snapshot: str, label: str | None = None, wait: float = 60) -> dict:

@@ -60,6 +60,11 @@ class Proxy:
                 self.conns.discard(src)
                 self.conns.discard(dst)
 
+    def corrupt(self) -> None:
+        """Flip one bit in the next source->destination chunk (under the lock the pumps take)."""
+        with self.lock:
+            self.corrupt_next += 1
+
     def drop(self) -> None:
         """Cut every connection (as a network failure would)."""
         with self.lock:

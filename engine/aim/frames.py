@@ -1,10 +1,13 @@
 """One checksummed frame format for the AIM journal on disk and the AIM stream on the wire.
 
-    magic u32 'AIMF' | type u8 | flags u8 | reserved u16 | seq u64 | offset u64 | time_ns u64 |
+    magic u32 'AIMF' | type u8 | flags u8 | check u16 | seq u64 | offset u64 | time_ns u64 |
     length u32 | crc32 u32 (over the header before it and the payload) | payload
 
 A journal entry is shipped as the very bytes it was journaled as; the receiver checks the same
-checksum before applying anything.
+checksum before applying anything. ``check`` (flag ``HEADER_CHECKED``) is a CRC of the header alone,
+so that a corrupted length is caught before the receiver waits for a payload that never comes (a
+flipped bit there once stalled a stream until its two-minute timeout). Frames written before it
+existed have the flag clear and ``check`` zero, and are read as they were.
 """
 
 import struct
@@ -15,7 +18,9 @@ MAGIC = 0x41494D46  # 'AIMF'
 HEADER = struct.Struct(">IBBHQQQII")
 _HEAD = struct.Struct(">IBBHQQQI")  # the header up to the checksum
 _CRC = struct.Struct(">I")
-HEADER_SIZE = HEADER.size  # 44
+_CHECK_AT = 6  # the check's offset in the header: after magic, type and flags
+HEADER_CHECKED = 0x01
+HEADER_SIZE = HEADER.size  # 40
 MAX_PAYLOAD = 32 << 20
 
 # entry types (journal and stream)
@@ -53,15 +58,25 @@ class Frame:
 
 def header(ftype: int, seq: int, offset: int, time_ns: int, payload: bytes | memoryview, length: int = -1) -> bytes:
     """The header of a frame whose payload is ``payload`` (sent or written right after it)."""
-    head = _HEAD.pack(MAGIC, ftype, 0, 0, seq, offset, time_ns, length if ftype == ZERO else len(payload))
+    n = length if ftype == ZERO else len(payload)
+    check = _header_check(_HEAD.pack(MAGIC, ftype, HEADER_CHECKED, 0, seq, offset, time_ns, n))
+    head = _HEAD.pack(MAGIC, ftype, HEADER_CHECKED, check, seq, offset, time_ns, n)
     return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head)))
+
+
+def _header_check(head: bytes | bytearray | memoryview) -> int:
+    """CRC-32 of the header before the payload checksum, with the check field zero, folded to 16 bits."""
+    crc = zlib.crc32(head[_CHECK_AT + 2:_HEAD.size], zlib.crc32(b"\0\0", zlib.crc32(head[:_CHECK_AT])))
+    return (crc ^ (crc >> 16)) & 0xFFFF
 
 
 def parse_header(raw: bytes) -> tuple[int, int, int, int, int, int]:
     """(type, seq, offset, time_ns, length, crc); raises FrameError on a bad magic or length."""
-    magic, ftype, _flags, _rsv, seq, offset, time_ns, length, crc = HEADER.unpack(raw)
+    magic, ftype, flags, check, seq, offset, time_ns, length, crc = HEADER.unpack(raw)
     if magic != MAGIC:
         raise FrameError(f"bad frame magic {magic:#x}")
+    if check != (_header_check(raw) if flags & HEADER_CHECKED else 0) or flags & ~HEADER_CHECKED:
+        raise FrameError("header checksum mismatch (a corrupted frame header)")
     if ftype not in NAMES:
         raise FrameError(f"unknown frame type {ftype}")
     if ftype != ZERO and length > MAX_PAYLOAD:

@@ -33,9 +33,7 @@ def test_drop_the_connection_and_corrupt_frames(pair):
         for i in range(ROUNDS):
             c.round(i, proxy.drop)
         for i in range(ROUNDS, 2 * ROUNDS):
-            def corrupt() -> None:
-                proxy.corrupt_next += 1
-            c.round(i, corrupt)
+            c.round(i, proxy.corrupt)
             # one corruption at a time, each into a healthy stream: a corruption that hits the
             # reconnect after the last one fails a session that made no progress, the backoff grows
             # (as it must), and a pile of them would make the backoff (up to 30 s) what this measures
