@@ -55,7 +55,8 @@ class StorageAPI(Protocol):
 
 @runtime_checkable
 class ReplicationAPI(Protocol):
-    """AIM sets, groups and markers at the source."""
+    """AIM sets, groups and markers (at the source), and role changes (failover and failback at
+    the destination, switchover at the source)."""
 
     def create(self, name: str, source: str, to: str, token: str, journal_limit: str | int | None = None,
                tls_ca: str | None = None) -> dict:
@@ -72,6 +73,18 @@ class ReplicationAPI(Protocol):
         ``repair`` re-sends mismatched ranges. Answers at once: follow it with :meth:`verify_status`."""
     def verify_status(self, name: str) -> dict:
         """The verify running now, or the last one: ``state`` running | done | failed | none."""
+    def failover(self, name: str, to_point: str | None = None, latest_point: bool = False,
+                 force: bool = False) -> dict:
+        """At the destination: promote it (the set is fenced from now on), optionally rolled back
+        to ``to_point`` or the newest point of the last marker's snapshot; the volume is writable."""
+    def failback(self, name: str, source: str | None = None) -> dict:
+        """At a failed-over destination: become the set's source toward the old source (at
+        ``source``, HOST:AIMPORT, else where it last connected from), sending only what differs."""
+    def switchover(self, name: str, timeout: float = 300.0, abort: bool = False) -> dict:
+        """At the source: swap roles with nothing lost (fence, drain, verify, promote); ``abort``
+        lifts the fence of one that did not reach the destination."""
+    def switchover_group(self, group: str, timeout: float = 300.0, abort: bool = False) -> dict:
+        """:meth:`switchover` of every member of ``group`` at one write-order point."""
     def issue_marker(self, aim_set: str, snapshot: str | None, label: str | None = None) -> dict: ...
     def issue_group_marker(self, group: str, snapshot_set: str, label: str | None = None) -> dict:
         """One marker across every member of ``group``, at one write-order point."""

@@ -21,6 +21,7 @@ OFFSET = {"type": "integer", "minimum": 0, "default": 0}
 LENGTH = {"type": "integer", "minimum": 0, "maximum": MAX_DATA}
 LABEL = {"type": "string", "minLength": 1, "maxLength": 128}
 FLAG = {"type": "boolean", "default": False}
+TIMEOUT = {"type": "number", "exclusiveMinimum": 0, "maximum": 86400, "description": "seconds"}
 
 
 @dataclass
@@ -128,6 +129,19 @@ ROUTES: list[Route] = [
           tag="aim"),
     Route("GET", "/v1/aim-sets/{name}/verify", "replication.verify_status", "The running or last verify",
           tag="aim"),
+    Route("POST", "/v1/aim-sets/{name}/failover", "replication.failover",
+          "At the destination: promote it (fenced from now on) and make its volume writable",
+          body=_obj({"to_point": {"type": ["string", "null"], "minLength": 1, "maxLength": 200}, "latest_point": FLAG,
+                     "force": FLAG}, []), tag="aim"),
+    Route("POST", "/v1/aim-sets/{name}/failback", "replication.failback",
+          "At a failed-over destination: replicate back to the old source, sending only what differs",
+          body=_obj({"source": {"type": ["string", "null"], "maxLength": 300}}, []), tag="aim"),
+    Route("POST", "/v1/aim-sets/{name}/switchover", "replication.switchover",
+          "At the source: swap roles with the destination, nothing lost (fence, drain, verify, promote)",
+          body=_obj({"timeout": TIMEOUT, "abort": FLAG}, []), tag="aim"),
+    Route("POST", "/v1/groups/{group}/switchover", "replication.switchover_group",
+          "Switch every member of a group over at one write-order point",
+          body=_obj({"timeout": TIMEOUT, "abort": FLAG}, []), tag="aim"),
     Route("POST", "/v1/aim-sets/{aim_set}/markers", "replication.issue_marker", "Place a marker in the write stream",
           body=_obj({"snapshot": NAME, "label": LABEL}, ["snapshot"]), status=201, tag="aim"),
     Route("GET", "/v1/markers", "replication.markers", "List markers, newest first",

@@ -285,8 +285,8 @@ class Store:
                                   "WHERE policy=? AND status='applied' GROUP BY run_id", [policy]))
 
     def aim_problems(self) -> list[dict]:
-        """AIM sets whose latest watchdog report is a stall or an error: ``{"kind", "message"}``."""
+        """AIM sets whose latest watchdog report is a stall, an error or a fence: ``{"kind", "message"}``."""
         return [e for e in self.db.query(
             "SELECT kind, message FROM events WHERE id IN (SELECT MAX(id) FROM events WHERE kind IN "
-            "('stalled','aim_error','recovered') GROUP BY json_extract(details, '$.aim_set')) ORDER BY id")
+            "('stalled','aim_error','aim_fenced','recovered') GROUP BY json_extract(details, '$.aim_set')) ORDER BY id")
             if e["kind"] != "recovered"]

@@ -3,6 +3,7 @@ supervisor, put together; and its status, as ``aim status`` and ``/metrics`` sho
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -39,8 +40,9 @@ class AimSet:
         self.journal.skip_to(max(record.acked_seq, record.checkpoint_seq, (record.resync_from or 1) - 1) + 1)
         self.dirty = BlockBitmap(os.path.join(directory, "dirty.bm"), volume.nblocks)
         self.observer = JournalObserver(record, volume, self.journal, self.dirty, meta, self._overflowed)
-        self.state = State.PAUSED if record.paused else State.DISCONNECTED
+        self.state = State.FENCED if record.fenced else State.PAUSED if record.paused else State.DISCONNECTED
         self.closing = False
+        self.local_port: int | None = None  # this node's AIM port, announced to the destination
         self.sender = Sender(self, self._connect)
         self.supervisor = Supervisor(f"aim-send-{self.name}", self.sender.step, sleep=sleep,
                                      expected=(*EXPECTED, wire.WireError, wire.DestinationError))
@@ -85,10 +87,14 @@ class AimSet:
     def status(self) -> dict:
         rec, backlog = self.record, self.observer.backlog
         last = self.markers.last_applied(self.name)
-        return {"name": self.name, "state": self.state.value, "source": self.volume.name, "tls": self.tls is not None,
+        fenced = json.loads(rec.fenced) if rec.fenced else None
+        return {"name": self.name, "role": "source", "state": self.state.value, "source": self.volume.name,
+                "tls": self.tls is not None, "generation": rec.generation, "fenced": fenced,
+                "switchover": json.loads(rec.switchover) if rec.switchover else None,
                 "destination": f"{rec.dest_host}:{rec.dest_port}/{rec.dest_volume}",
                 "overflowed": rec.overflowed, "dirty_blocks": self.dirty.count(),
                 "queued_entries": max(backlog.entries, 0), "queued_bytes": max(backlog.bytes, 0),
                 "lag_seconds": round(backlog.lag_seconds(time.time_ns()), 3), "bytes_written": rec.bytes_written,
                 "bytes_sent": rec.bytes_sent, "acked_seq": rec.acked_seq, "last_seq": self.journal.next_seq - 1,
-                "journal_limit": rec.journal_limit, "last_applied_marker": last, **self.supervisor.status()}
+                "journal_limit": rec.journal_limit, "last_applied_marker": last, **self.supervisor.status(),
+                **({"last_error": fenced["message"]} if fenced else {})}

@@ -15,7 +15,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from ..errors import AlreadyExists, EngineError
 from ..storage.names import iso, utcnow
@@ -23,24 +22,14 @@ from ..storage.storage import Storage
 from ..storage.volume import Volume
 from . import frames
 from .barriers import GroupBarriers
+from .targets import Target
 from .verify import CLAIM_TIMEOUT, view_key
 from .wire import Connection, WireError
 
 log = logging.getLogger("aimsnap.aim.receiver")
 ACK_EVERY_BYTES = 8 << 20
 ACK_DELAY = 0.01  # seconds of quiet before applied writes are flushed and acknowledged
-
-
-@dataclass
-class Binding:
-    """Which AIM set replicates into which volume here, and how far it has been applied."""
-
-    set_id: str
-    set_name: str
-    volume: str
-    applied_seq: int
-    consistent_from: int
-    resyncing: bool
+SOURCE_TIME_PERSIST_NS = 10 * 10**9  # an idle set's source clock is written down this often
 
 
 class StorageFault(Exception):
@@ -68,8 +57,13 @@ def storage_faults(what: str) -> Iterator[None]:
 
 
 class Applier:
-    def __init__(self, storage: Storage, groups: GroupBarriers, conn: Connection, binding: Binding) -> None:
-        self.storage, self.meta, self.groups, self.conn, self.b = storage, storage.meta, groups, conn, binding
+    def __init__(self, storage: Storage, groups: GroupBarriers, conn: Connection, target: Target) -> None:
+        self.storage, self.meta, self.groups, self.conn, self.b = storage, storage.meta, groups, conn, target
+        # how far this stream got: every entry up to ``applied`` is in the volume (flushed up to the
+        # target's applied_seq), and the source had written nothing unsent at ``source_ns`` (its
+        # clock, from the frames and heartbeats): what a failover reports as the recovery point
+        self.applied, self.source_ns = target.applied_seq, target.applied_source_ns
+        self._source_ns_saved = target.applied_source_ns
 
     def run(self) -> None:
         """Apply until the stream ends. A storage fault is told to the source (an ERROR frame it
@@ -94,13 +88,16 @@ class Applier:
             batch = conn.batch(wait=ACK_DELAY if applied != acked else None)
             with storage_faults("applying writes"):
                 applied, acked, unacked_bytes = self._batch(vol, batch, applied, acked, unacked_bytes)
+            self.applied = applied
 
     def _batch(self, vol: Volume, batch: list[frames.Frame], applied: int, acked: int,
                unacked_bytes: int) -> tuple[int, int, int]:
         b, meta = self.b, self.meta
         if (not batch or unacked_bytes >= ACK_EVERY_BYTES) and applied != acked:
             vol.flush()  # idle, or enough is unacknowledged: make it durable, then say so
-            meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", applied, b.set_id)
+            meta.execute("UPDATE aim_targets SET applied_seq=?, applied_source_ns=? WHERE set_id=?", applied,
+                         self.source_ns, b.set_id)
+            self._source_ns_saved = self.source_ns
             acked, unacked_bytes = applied, 0
             self.ack(applied, [])
         writes: list[tuple[int, memoryview]] = []  # a run of writes lands as one batch
@@ -110,7 +107,7 @@ class Applier:
                                 f"({vol.size} bytes)")
             if f.type == frames.WRITE and _in_order(f, applied):
                 writes.append((f.offset, f.payload))  # type: ignore[arg-type]
-                applied = f.seq
+                applied, self.source_ns = f.seq, f.time_ns
                 unacked_bytes += len(f.payload)
                 continue
             if writes:
@@ -118,8 +115,9 @@ class Applier:
                 writes = []
             if f.type == frames.ZERO and _in_order(f, applied):
                 vol.apply_zeroes(f.offset, f.length)
-                applied = f.seq
+                applied, self.source_ns = f.seq, f.time_ns
             elif f.type == frames.MARKER and _in_order(f, applied):
+                self.source_ns = f.time_ns
                 result = self.marker(vol, f)
                 applied = acked = f.seq
                 unacked_bytes = 0
@@ -136,11 +134,22 @@ class Applier:
                              "WHERE set_id=?", applied, b.consistent_from, b.set_id)
                 acked = applied
                 self.ack(applied, [])
-            elif f.type == frames.HEARTBEAT and applied == acked:
-                self.ack(applied, [])  # tells the source we are alive and where we are
+            elif f.type == frames.HEARTBEAT:
+                # sent when the source had shipped everything: all it wrote before is here
+                self.source_ns = max(self.source_ns, f.time_ns)
+                if applied == acked:
+                    self._save_source_time(applied)
+                    self.ack(applied, [])  # tells the source we are alive and where we are
         if writes:
             vol.apply_writes(writes)
         return applied, acked, unacked_bytes
+
+    def _save_source_time(self, applied: int) -> None:
+        """An idle set's recovery point moves on with the heartbeats: written down now and then."""
+        if self.source_ns - self._source_ns_saved >= SOURCE_TIME_PERSIST_NS:
+            self.meta.execute("UPDATE aim_targets SET applied_source_ns=? WHERE set_id=? AND applied_seq=?",
+                              self.source_ns, self.b.set_id, applied)
+            self._source_ns_saved = self.source_ns
 
     def ack(self, seq: int, markers: list[dict]) -> None:
         payload = json.dumps({"markers": markers}).encode() if markers else b""
@@ -202,10 +211,16 @@ class Applier:
                                         lambda: self.enable_set(g["snapshot_set"], m))
         else:
             result = self.enable(vol, m)
-        result = {"id": m["id"], "group_marker": (m.get("group") or {}).get("id"), **result}
+        group = m.get("group") or {}
+        # what a failover to this marker's point needs: which snapshot (or set) holds it, and the
+        # source's clock at the marker (the recovery point's age)
+        result = {"id": m["id"], "group_marker": group.get("id"), **result, "snapshot": m.get("snapshot"),
+                  "snapshot_set": group.get("snapshot_set"), "source_ns": f.time_ns}
         with self.meta.transaction() as db:
             db.execute("INSERT OR REPLACE INTO applied_markers VALUES (?,?,?)", (b.set_id, key, json.dumps(result)))
-            db.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", (f.seq, b.set_id))
+            db.execute("UPDATE aim_targets SET applied_seq=?, applied_source_ns=? WHERE set_id=?",
+                       (f.seq, f.time_ns, b.set_id))
+        self._source_ns_saved = f.time_ns
         log.info("aim %s: marker %s %s%s", b.set_name, m["id"], result["state"],
                  f" ({result.get('error')})" if result.get("error") else "")
         return result

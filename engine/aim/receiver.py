@@ -1,119 +1,106 @@
 """The destination side of AIM: the AIM port. Authenticates each connection, answers claims,
-probes and releases of destination volumes, and hands each stream to an :class:`~.applier.Applier`
-on the connection's own thread (one stream per set: a reconnect replaces a half-dead one)."""
+probes and releases of destination volumes, refuses fenced sources, hands each stream to an
+:class:`~.applier.Applier` on the connection's own thread (one stream per set: a reconnect
+replaces a half-dead one), and serves the peer's half of verifies and role changes."""
+
+from __future__ import annotations
 
 import json
 import logging
 import socket
 import ssl
-import threading
+from typing import TYPE_CHECKING
 
-from ..net.listener import ThreadedListener, shut
-from ..storage.storage import Storage
+from ..net.listener import ThreadedListener
 from . import verify, wire
-from .applier import Applier, Binding, StorageFault
+from .applier import Applier, StorageFault
 from .barriers import GroupBarriers
 from .supervisor import describe
 from .wire import Connection, WireError
+
+if TYPE_CHECKING:
+    from ..node import Node
 
 log = logging.getLogger("aimsnap.aim.receiver")
 
 
 class Receiver:
-    def __init__(self, storage: Storage, token: str, tls: ssl.SSLContext | None = None) -> None:
-        self.storage, self.token, self.tls = storage, token, tls
-        self.groups = GroupBarriers(storage.meta)
-        self.streams: dict[str, socket.socket] = {}  # set id -> its current connection
-        self.lock = threading.Lock()
+    def __init__(self, node: Node, token: str, tls: ssl.SSLContext | None = None) -> None:
+        self.node, self.storage, self.token, self.tls = node, node, token, tls
+        self.targets = node.replication.targets
+        self.groups = GroupBarriers(node.meta)
         self.listener = ThreadedListener("aim", self.serve)
         self.rejected = 0  # connections refused: authentication, protocol, checksum
         self.errors = 0  # streams that failed here for any other reason (logged with it)
 
-    # -- bindings: which AIM set replicates into which volume --------------------------------------------
-    def binding(self, set_id: str) -> Binding | None:
-        row = self.storage.meta.one("SELECT * FROM aim_targets WHERE set_id=?", set_id)
-        if not row:
-            return None
-        return Binding(row["set_id"], row["set_name"], row["volume"], row["applied_seq"], row["consistent_from"],
-                       bool(row["resyncing"]))
-
-    def _claim(self, hello: dict) -> dict:
-        volume, set_id = str(hello.get("volume", "")), str(hello.get("set_id", ""))
-        vol = self.storage.volumes.get(volume)
-        if vol is None or vol.role != "volume":
-            return {"error": f"destination volume {volume!r} does not exist on the destination node"}
-        if hello.get("size") != vol.size:
-            return {"error": f"destination volume {volume!r} is {vol.size} bytes, the source is {hello.get('size')}: "
-                             "they must be the same size"}
-        row = self.storage.meta.one("SELECT set_id, set_name FROM aim_targets WHERE volume=?", volume)
-        if row and row["set_id"] != set_id:
-            return {"error": f"destination volume {volume!r} is already the destination of AIM set {row['set_name']!r}"}
-        if hello.get("op") == "claim" and not row:
-            self.storage.meta.execute(
-                "INSERT INTO aim_targets (set_id, set_name, volume, source, created_at) VALUES (?,?,?,?,datetime('now'))",
-                set_id, str(hello.get("set_name", "")), volume, str(hello.get("source", "")))
-            vol.replica_of = str(hello.get("set_name", ""))
-        return {"size": vol.size}
-
-    def _release(self, set_id: str) -> None:
-        b = self.binding(set_id)
-        if b:
-            self.storage.meta.execute("DELETE FROM aim_targets WHERE set_id=?", set_id)
-            if b.volume in self.storage.volumes:
-                self.storage.volumes[b.volume].replica_of = None
-
     # -- serving ----------------------------------------------------------------------------------------
     def start(self, sock: socket.socket) -> None:
+        self.node.replication.receiving(sock.getsockname()[1], self.token)
         self.listener.start(sock)
 
     def stop(self) -> None:
         self.listener.stop()
-        with self.lock:  # TLS connections are wrappers the listener does not know
-            for conn in self.streams.values():
-                shut(conn)
+        self.targets.stop_all()  # TLS connections are wrappers the listener does not know
+
+    def token_for(self, hello: dict) -> str:
+        """The set's own secret where this node keeps one (it was, or is, the set's source: role
+        changes and reverse streams authenticate with it); else the node's token."""
+        set_id = str(hello.get("set_id", ""))
+        return self.targets.secret(set_id) or self.node.replication.secret_of(set_id) or self.token
 
     def serve(self, raw: socket.socket, peer: object) -> None:
         """One connection, on its own thread (the listener's), until it ends."""
         conn = raw
         conn.settimeout(30)
-        set_id = None
+        set_id, stream = None, None
         try:
             if self.tls is not None:
                 try:
                     conn = self.tls.wrap_socket(conn, server_side=True)
                 except (OSError, ValueError) as e:
                     raise WireError(f"TLS handshake failed: {e}") from None
-            hello, challenge, nonce = wire.server_handshake(conn, self.token)
+            hello, hs = wire.server_handshake(conn, self.token_for)
             op, set_id = hello.get("op"), str(hello.get("set_id", ""))
             if op in ("probe", "claim"):
-                answer = self._claim(hello)
+                answer = self.targets.claim(hello)
                 if "error" in answer:
                     wire.send_message(conn, {"ok": False, "error": answer["error"]})
                 else:
-                    wire.server_accept(conn, self.token, challenge, nonce, **answer)
+                    hs.accept(**answer)
                 return
             if op == "release":
-                self._release(set_id)
-                wire.server_accept(conn, self.token, challenge, nonce)
+                self.targets.release(set_id, _generation(hello))
+                hs.accept()
                 return
             if op == "verify":
-                self._verify(conn, hello, challenge, nonce)
+                self._verify(conn, hello, hs)
                 return
-            binding = self.binding(set_id) if op == "stream" else None
-            if binding is None:
-                wire.send_message(conn, {"ok": False, "error": "this AIM set has no destination volume here "
-                                                                  "(create the AIM set again)"})
+            if op in ("promote", "failback"):
+                self.node.replication.roles.serve(op, Connection(conn), hello, hs, _host(peer))
                 return
-            with self.lock:  # one stream per set: a reconnect replaces a half-dead connection
-                old = self.streams.get(set_id)
-                if old is not None:
-                    shut(old)
-                self.streams[set_id] = conn
-            wire.server_accept(conn, self.token, challenge, nonce, applied_seq=binding.applied_seq,
-                               resyncing=binding.resyncing,
-                               marker_results=self._results(set_id, hello.get("outstanding_markers")))
+            if op != "stream":
+                wire.send_message(conn, {"ok": False, "error": f"unknown operation {op!r}"})
+                return
+            if self._fenced(hs, hello, peer):  # before taking the set's stream from anyone
+                return
+            stream = self.targets.attach(set_id, conn)
+            # again, now that no other connection streams the set: a promotion that committed
+            # meanwhile stopped the streams it found, and this one is seen here
+            if self._fenced(hs, hello, peer):
+                return
+            target = self.targets.get(set_id)
+            if target is None:
+                here = self.node.replication.by_id(set_id)
+                wire.send_message(conn, {"ok": False, "error": "this node is still the AIM set's source (a role change "
+                                         "is completing here): retry" if here else "this AIM set has no destination "
+                                         "volume here (create the AIM set again)"})
+                return
+            self.targets.announced(target, _host(peer), hello.get("aim_port"))
+            hs.accept(applied_seq=target.applied_seq, resyncing=target.resyncing,
+                      marker_results=self._results(set_id, hello.get("outstanding_markers")))
             conn.settimeout(120)  # the source sends a heartbeat every few seconds
-            Applier(self.storage, self.groups, Connection(conn), binding).run()
+            stream.applier = Applier(self.storage, self.groups, Connection(conn), target)
+            stream.applier.run()
         except WireError as e:
             self.rejected += 1
             log.warning("aim %s: closing connection: %s", peer, e)
@@ -125,29 +112,42 @@ class Receiver:
             self.errors += 1
             log.error("aim %s: stream of set %s failed: %s", peer, set_id, describe(e), exc_info=e)
         finally:
-            with self.lock:
-                if set_id and self.streams.get(set_id) is conn:
-                    del self.streams[set_id]
+            if stream is not None:
+                self.targets.detach(set_id, stream)
             if conn is not raw:
                 conn.close()
 
-    def _verify(self, conn: socket.socket, hello: dict, challenge: bytes, nonce: bytes) -> None:
+    def _fenced(self, hs: wire.Handshake, hello: dict, peer: object) -> bool:
+        """Refuse (with the proof of the secret, so the source trusts it and stops) a stream of a
+        promoted set, or of a generation older than this node's; True if refused."""
+        set_id = str(hello.get("set_id", ""))
+        generation = _generation(hello)
+        refusal = self.targets.refusal(self.targets.get(set_id), generation,
+                                       self.node.replication.promoted_here(set_id, generation))
+        if refusal is None:
+            return False
+        message = self.targets.fenced_message(refusal)
+        log.warning("aim %s: refused a stream from %s: %s", hello.get("set_name"), peer, message)
+        hs.refuse(message, fenced=refusal)
+        return True
+
+    def _verify(self, conn: socket.socket, hello: dict, hs: wire.Handshake) -> None:
         """The destination's half of a verify: its frozen view, made when it applied the marker."""
         set_id = str(hello.get("set_id", ""))
         key = verify.view_key(set_id, str(hello.get("verify_id", "")))
-        binding, view = self.binding(set_id), self.storage.frozen.get(key)
+        target, view = self.targets.get(set_id), self.storage.frozen.get(key)
         if hello.get("abort"):  # the source's verify failed: this view is of no use
             self.storage.thaw(key)
-            wire.server_accept(conn, self.token, challenge, nonce)
+            hs.accept()
             return
-        if binding is None or view is None:
+        if target is None or view is None:
             wire.send_message(conn, {"ok": False, "error": "no verify point here (the destination restarted, "
                                                            "or never reached the verify marker)"})
             return
         view.claimed = True
-        wire.server_accept(conn, self.token, challenge, nonce)
+        hs.accept()
         try:
-            verify.serve(self.storage, Connection(conn), view, self.storage.volume(binding.volume))
+            verify.serve(self.storage, Connection(conn), view, self.storage.volume(target.volume))
         finally:
             self.storage.thaw(key)
 
@@ -162,3 +162,13 @@ class Receiver:
             if row:
                 out.append(json.loads(row["result"]))
         return out
+
+
+def _host(peer: object) -> str:
+    """The peer's address as the listener gives it (a (host, port) tuple for TCP)."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+def _generation(hello: dict) -> int:
+    g = hello.get("generation")
+    return g if isinstance(g, int) and not isinstance(g, bool) and g > 0 else 1

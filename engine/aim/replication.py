@@ -24,16 +24,17 @@ from ..storage.names import check_name, iso
 from ..storage.storage import Storage
 from ..storage.units import parse_size
 from ..storage.volume import Volume, barrier
-from . import wire
+from . import failover, switchover, wire
 from .aimset import AimSet
 from .markers import Markers
-from .state import Record
+from .roles import Roles
+from .state import DEFAULT_JOURNAL_LIMIT, Record
+from .targets import Targets
 from .verify import Verification
 from .wire import WireError
 
 log = logging.getLogger("aimsnap.aim")
 TO_RE = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})/(?P<volume>[^/\s]+)$")
-DEFAULT_JOURNAL_LIMIT = 1 << 30
 
 
 def parse_to(text: str) -> tuple[str, int, str]:
@@ -55,6 +56,9 @@ class Replication:
         self.ledger = Markers(storage.meta, storage.clock)
         self.verifications: dict[str, Verification] = {}  # the running or last verify of each set
         self.serving = False
+        self.targets = Targets(storage)  # the AIM sets this node receives (destination side)
+        self.roles = Roles(self)  # failover, switchover, failback
+        self.local: tuple[int, str] | None = None  # this node's AIM port and token, once it serves one
 
     def load(self) -> None:
         """Attach every AIM set to its volume and replay what a crash may have cut short. Senders
@@ -67,14 +71,15 @@ class Replication:
             # beyond what the disk kept and what the destination acknowledged (an acknowledged
             # marker's result comes back in the handshake)
             self.ledger.fail_lost(aim.name, max(aim.journal_end, aim.record.acked_seq + 1))
+            if aim.record.switchover:  # its host writes stay fenced until it completes or is aborted
+                aim.volume.fence = (f"a switchover of AIM set {aim.name} was in progress when the node stopped: "
+                                    f"run aim switchover {aim.name} again (or with --abort)")
             replayed = aim.observer.replay(self.ledger.sequenced)
             if replayed:
                 log.info("aim %s: replayed %d journal entries into %s after an unclean stop",
                          aim.name, replayed, aim.volume.name)
         self.ledger.fail_unsequenced()
-        for row in self.meta.query("SELECT set_name, volume FROM aim_targets"):  # destination side
-            if row["volume"] in self.storage.volumes:
-                self.storage.volumes[row["volume"]].replica_of = row["set_name"]
+        self.targets.load()
         for name in os.listdir(self.storage.files.sub("aim")):
             if name not in self.sets:
                 shutil.rmtree(self.storage.files.aim_set(name), ignore_errors=True)
@@ -82,6 +87,7 @@ class Replication:
     def _open(self, record: Record) -> AimSet:
         aim = AimSet(record, self.storage.volumes[record.source], self.storage.files.aim_set(record.name),
                      self.meta, self.ledger, connect=self.connect, sleep=self.sleep)
+        aim.local_port = self.local[0] if self.local else None
         self.sets[record.name] = aim
         return aim
 
@@ -90,7 +96,32 @@ class Replication:
         for aim in self.sets.values():
             aim.start()
 
+    def receiving(self, aim_port: int, token: str) -> None:
+        """This node's AIM port is open: a set made here by a role change (a reverse set) uses
+        this token, and its source announces this port (for a failback to find it)."""
+        self.local = (aim_port, token)
+        for aim in self.sets.values():
+            aim.local_port = aim_port
+
+    def by_id(self, set_id: str) -> AimSet | None:
+        return next((a for a in list(self.sets.values()) if a.record.id == set_id), None)
+
+    def secret_of(self, set_id: str) -> str | None:
+        """The secret of a set this node is the source of (its destination's token)."""
+        aim = self.by_id(set_id)
+        return aim.token if aim else None
+
+    def promoted_here(self, set_id: str, generation: int) -> dict | None:
+        """A stream for a set this node is the source of: fenced if the stream's generation is
+        not newer (a promoted destination meeting its old source); else None."""
+        aim = self.by_id(set_id)
+        if aim is None or generation > aim.record.generation:
+            return None
+        return {"state": "promoted", "generation": aim.record.generation, "promoted_at": aim.record.created_at,
+                "reason": "this node is the AIM set's source now"}
+
     def close(self) -> None:
+        self.targets.close()
         for v in list(self.verifications.values()):
             v.cancel()
         for aim in self.sets.values():
@@ -187,11 +218,28 @@ class Replication:
             raise EngineError(f"destination AIM port {host}:{port} is unreachable: {e.strerror or e}") from None
 
     def info(self, name: str) -> dict:
+        """A set this node is the source of, or else one it receives (role ``destination``)."""
+        if name not in self.sets:
+            return self.targets.info(self.targets.named(name))
         aim = self.aim_set(name)
         groups = [r["group_name"] for r in self.meta.query(
             "SELECT group_name FROM group_members WHERE aim_set=? ORDER BY group_name", name)]
         return {**aim.status(), "id": aim.record.id, "paused": aim.record.paused, "groups": groups,
                 "last_verify": self.last_verify(name)}
+
+    # -- role changes (see .roles) ----------------------------------------------------------------------
+    def failover(self, name: str, to_point: str | None = None, latest_point: bool = False,
+                 force: bool = False) -> dict:
+        return failover.failover(self, name, to_point, latest_point, force)
+
+    def failback(self, name: str, source: str | None = None) -> dict:
+        return failover.failback(self, name, source)
+
+    def switchover(self, name: str, timeout: float = 300.0, abort: bool = False) -> dict:
+        return switchover.switchover(self, name, None, timeout, abort)
+
+    def switchover_group(self, group: str, timeout: float = 300.0, abort: bool = False) -> dict:
+        return switchover.switchover(self, None, group, timeout, abort)
 
     # -- verification --------------------------------------------------------------------------------
     def verify(self, name: str, repair: bool = False) -> dict:
@@ -224,12 +272,18 @@ class Replication:
         return json.loads(row["last_verify"]) if row and row["last_verify"] else None
 
     def list(self) -> list[dict]:
-        return [self.info(n) for n in sorted(self.sets)]
+        """Every set this node is the source of, then every one it receives."""
+        return [self.info(n) for n in sorted(self.sets)] + [self.targets.info(t) for t in self.targets.all()]
 
     def of_volume(self, volume: str) -> list[str]:
         return sorted(a.name for a in self.sets.values() if a.volume.name == volume)
 
     def delete(self, name: str) -> None:
+        if name not in self.sets:  # a set received here: forgotten (a promoted one can no longer fail back)
+            t = self.targets.named(name)
+            self.targets.stop_stream(t.set_id)
+            self.targets.forget(t)
+            return
         with self.storage.lock:  # forget it here; stopping and the network call come after
             aim = self.aim_set(name)
             groups = self.info(name)["groups"]
@@ -244,7 +298,8 @@ class Replication:
         aim.close()  # stops the sender and joins its threads
         rec = aim.record
         try:
-            self._call_destination(rec.dest_host, rec.dest_port, aim.token, {"op": "release", "set_id": rec.id},
+            self._call_destination(rec.dest_host, rec.dest_port, aim.token, {"op": "release", "set_id": rec.id,
+                                                                             "generation": rec.generation},
                                    aim.tls)
         except EngineError as e:
             log.warning("aim %s: could not release the destination volume: %s", name, e)
@@ -296,6 +351,7 @@ class Replication:
     # -- markers -------------------------------------------------------------------------------------------
     def issue_marker(self, aim_set: str, snapshot: str | None, label: str | None = None) -> dict:
         aim = self.aim_set(aim_set)
+        _markable(aim)
         with aim.volume.lock:
             row = self.ledger.issue([aim], snapshot=snapshot, label=label)[0]
         aim.journal.sync()  # durable before it is answered: a power cut cannot take an issued marker back
@@ -305,6 +361,8 @@ class Replication:
         """One write-order point across every member: all their source volumes are locked while
         the marker goes into each journal."""
         members = [self.aim_set(m) for m in self.group_members(group)]
+        for a in members:
+            _markable(a)
         if not snapshot_set:
             raise InvalidInput("a group marker names the destination snapshot set to enable (--snapshot-set)")
         with barrier(a.volume for a in members):
@@ -323,3 +381,11 @@ class Replication:
 
     def wait(self, ref: str, timeout: float) -> dict:
         return self.ledger.wait(ref, timeout)
+
+
+def _markable(aim: AimSet) -> None:
+    """A marker goes into a stream that will be applied: not a fenced one, nor one switching over."""
+    if aim.record.fenced:
+        raise Conflict(f"AIM set {aim.name!r} is fenced (its destination was promoted): a marker would never apply")
+    if aim.record.switchover:
+        raise Conflict(f"AIM set {aim.name!r} is switching over: place markers on the reverse set once it is done")

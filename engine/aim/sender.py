@@ -65,6 +65,10 @@ class Sender:
     # -- one connection ------------------------------------------------------------------------------
     def step(self) -> None:
         aim = self.aim
+        if aim.record.fenced:  # never again: an operator's role change (failback) or delete ends it
+            aim.state = State.FENCED
+            aim.supervisor.sleep(60.0)
+            return
         if aim.record.paused:
             aim.state = State.PAUSED
             aim.supervisor.sleep(1.0)
@@ -73,10 +77,15 @@ class Sender:
         self.conn = conn
         failure: BaseException | None = None
         try:
-            answer = wire.client_handshake(conn.sock, aim.token, {
-                "op": "stream", "set_id": aim.record.id, "set_name": aim.name,
-                # markers the destination may have applied while their acknowledgement was lost
-                "outstanding_markers": aim.markers.outstanding(aim.name)})
+            try:
+                answer = wire.client_handshake(conn.sock, aim.token, {
+                    "op": "stream", "set_id": aim.record.id, "set_name": aim.name,
+                    "generation": aim.record.generation, "aim_port": aim.local_port,
+                    # markers the destination may have applied while their acknowledgement was lost
+                    "outstanding_markers": aim.markers.outstanding(aim.name)})
+            except wire.Fenced as e:
+                self.fenced(e)
+                return
             for result in answer.get("marker_results", []):
                 aim.markers.result(result["id"], result)
             conn.settimeout(STREAM_TIMEOUT)
@@ -90,8 +99,20 @@ class Sender:
             self.conn = None
             conn.close()
             self._refused = isinstance(failure, DestinationError)
-            if not aim.record.paused:
+            if aim.record.fenced:
+                aim.state = State.FENCED
+            elif not aim.record.paused:
                 aim.state = State.ERROR if self._refused else State.DISCONNECTED
+
+    def fenced(self, e: wire.Fenced) -> None:
+        """The destination was promoted: this source is never applied again, and says so. Its
+        writes stay (journal, then dirty bits): a failback sends back what differs."""
+        aim = self.aim
+        aim.record.fenced = json.dumps({**e.info, "message": str(e)})
+        aim.record.save(aim.meta)
+        aim.state = State.FENCED
+        log.error("aim %s: %s; this source is not applied any more (writes here are kept for a failback)",
+                  aim.name, e)
 
     def session(self, conn: Connection, dest_applied: int, dest_resyncing: bool) -> None:
         aim, rec, obs = self.aim, self.aim.record, self.obs

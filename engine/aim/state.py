@@ -2,9 +2,12 @@
 one statement) and the sender's state, an :class:`enum.Enum` shown in ``aim status``."""
 
 import enum
+import sqlite3
 from dataclasses import astuple, dataclass, fields
 
 from ..storage.meta import Meta
+
+DEFAULT_JOURNAL_LIMIT = 1 << 30
 
 
 class State(str, enum.Enum):
@@ -15,6 +18,7 @@ class State(str, enum.Enum):
     DISCONNECTED = "disconnected"  # between connections (the supervisor's backoff)
     ERROR = "error"              # the destination refused to go on (out of space, IO error): last_error says why
     PAUSED = "paused"            # by an operator: the journal keeps growing
+    FENCED = "fenced"            # the destination was promoted: never applied again (fenced says when, why)
 
 
 @dataclass
@@ -38,6 +42,9 @@ class Record:
     paused: bool = False
     bytes_written: int = 0
     bytes_sent: int = 0
+    generation: int = 1        # bumped by each promotion of the set's destination (see roles)
+    fenced: str | None = None  # JSON: the destination's authenticated refusal (promoted at generation N)
+    switchover: str | None = None  # JSON: a planned switchover in progress (its host writes are fenced)
 
     @classmethod
     def from_row(cls, row: dict) -> "Record":
@@ -46,12 +53,16 @@ class Record:
         return r
 
     def insert(self, meta: Meta) -> None:
+        with meta.transaction() as db:
+            self.insert_into(db)
+
+    def insert_into(self, db: sqlite3.Connection) -> None:
+        """The row, inside a transaction the caller holds (a role change swaps rows in one)."""
         names = [f.name for f in fields(self)]
-        meta.execute(f"INSERT INTO aim_sets ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-                     *astuple(self))
+        db.execute(f"INSERT INTO aim_sets ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", astuple(self))
 
     def save(self, meta: Meta) -> None:
         meta.execute("UPDATE aim_sets SET acked_seq=?, checkpoint_seq=?, overflowed=?, resync_from=?, paused=?, "
-                     "bytes_written=?, bytes_sent=? WHERE name=?", self.acked_seq, self.checkpoint_seq,
-                     int(self.overflowed), self.resync_from, int(self.paused), self.bytes_written, self.bytes_sent,
-                     self.name)
+                     "bytes_written=?, bytes_sent=?, generation=?, fenced=?, switchover=? WHERE name=?",
+                     self.acked_seq, self.checkpoint_seq, int(self.overflowed), self.resync_from, int(self.paused),
+                     self.bytes_written, self.bytes_sent, self.generation, self.fenced, self.switchover, self.name)

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 
 from . import frames
+from ..errors import InvalidInput
 from ..net.recvbuf import RecvBuffer, recv_exact
 
 GREETING = b"AIMSNAP1"
@@ -24,6 +25,15 @@ MAX_MESSAGE = 64 * 1024
 
 class WireError(Exception):
     """The peer broke the protocol or failed authentication."""
+
+
+class Fenced(WireError):
+    """The destination was promoted (failover or switchover): this source's stream is never
+    applied again. ``info``: generation, promoted_at, reason (authenticated by the handshake)."""
+
+    def __init__(self, message: str, info: dict) -> None:
+        super().__init__(message)
+        self.info = info
 
 
 class DestinationError(Exception):
@@ -145,7 +155,8 @@ class Connection:
 
 
 def client_handshake(sock: socket.socket, token: str, hello: dict) -> dict:
-    """Authenticate to a destination; return its answer (which proves it knows the token too)."""
+    """Authenticate to a destination; return its answer (which proves it knows the token too).
+    A refusal that proves it too and says the set was promoted there raises :class:`Fenced`."""
     greeting = recv_exact(sock, len(GREETING) + 32)
     if not greeting.startswith(GREETING):
         raise WireError("the peer is not an aimsnap AIM port")
@@ -155,15 +166,34 @@ def client_handshake(sock: socket.socket, token: str, hello: dict) -> dict:
     send_message(sock, {**hello, "nonce": nonce.hex(),
                         "mac": mac(token, b"client", challenge, nonce, set_id.encode())})
     answer = recv_message(sock)
+    proven = hmac.compare_digest(str(answer.get("mac", "")), mac(token, b"server", nonce, challenge))
     if not answer.get("ok"):
+        if proven and isinstance(answer.get("fenced"), dict):
+            raise Fenced(str(answer.get("error", "fenced")), answer["fenced"])
         raise WireError(str(answer.get("error", "refused by the destination")))
-    if not hmac.compare_digest(str(answer.get("mac", "")), mac(token, b"server", nonce, challenge)):
+    if not proven:
         raise WireError("the destination did not prove it knows the token")
     return answer
 
 
-def server_handshake(sock: socket.socket, token: str) -> tuple[dict, bytes, bytes]:
-    """Challenge a source; return its hello (after checking the MAC), the challenge and nonce."""
+class Handshake:
+    """The destination's side of one authenticated handshake: accept, or refuse, proving the token."""
+
+    def __init__(self, sock: socket.socket, token: str, challenge: bytes, nonce: bytes) -> None:
+        self.sock, self.token, self.challenge, self.nonce = sock, token, challenge, nonce
+
+    def accept(self, **answer: object) -> None:
+        send_message(self.sock, {"ok": True, "mac": mac(self.token, b"server", self.nonce, self.challenge), **answer})
+
+    def refuse(self, error: str, **answer: object) -> None:
+        """A refusal the source can trust (it carries the proof): e.g. fenced."""
+        send_message(self.sock, {"ok": False, "error": error,
+                                 "mac": mac(self.token, b"server", self.nonce, self.challenge), **answer})
+
+
+def server_handshake(sock: socket.socket, token_for: Callable[[dict], str]) -> tuple[dict, Handshake]:
+    """Challenge a source; return its hello (after checking the MAC with the token
+    ``token_for(hello)`` names: the node's, or the set's own secret) and the handshake."""
     challenge = os.urandom(32)
     sock.sendall(GREETING + challenge)
     hello = recv_message(sock)
@@ -171,15 +201,20 @@ def server_handshake(sock: socket.socket, token: str) -> tuple[dict, bytes, byte
         nonce = bytes.fromhex(str(hello.get("nonce", "")))
     except ValueError:
         nonce = b""
+    token = token_for(hello)
     expected = mac(token, b"client", challenge, nonce, str(hello.get("set_id", "")).encode())
     if len(nonce) != 32 or not hmac.compare_digest(str(hello.get("mac", "")), expected):
         send_message(sock, {"ok": False, "error": "authentication failed"})
         raise WireError("authentication failed (wrong token?)")
-    return hello, challenge, nonce
+    return hello, Handshake(sock, token, challenge, nonce)
 
 
-def server_accept(sock: socket.socket, token: str, challenge: bytes, nonce: bytes, **answer: object) -> None:
-    send_message(sock, {"ok": True, "mac": mac(token, b"server", nonce, challenge), **answer})
+def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (an AIM port), IPv6 hosts in brackets."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"invalid AIM address {text!r}: write HOST:AIMPORT, e.g. 10.0.0.1:7411")
+    return host.strip("[]"), int(port)
 
 
 Connector = Callable[..., socket.socket]  # (host, port, tls=...) -> a connected socket, like connect()

@@ -52,8 +52,16 @@ class _AimCollector:
         mismatched = GaugeMetricFamily("aimsnap_aim_verify_mismatched_ranges",
                                        "Ranges that differed at the last verify (after its repair, if any)",
                                        labels=["aim_set"])
+        generation = GaugeMetricFamily("aimsnap_aim_generation", "The AIM set's generation (bumped by each promotion), "
+                                       "by this node's role in it", labels=["aim_set", "role"])
+        promoted = GaugeMetricFamily("aimsnap_aim_promoted", "1 when this destination was failed over (its source "
+                                     "is fenced)", labels=["aim_set"])
+        for t in self.node.replication.targets.all():
+            generation.add_metric([t.set_name, "destination"], t.generation)
+            promoted.add_metric([t.set_name], 1.0 if t.promoted else 0.0)
         for aim in list(self.node.replication.sets.values()):
             st = aim.status()
+            generation.add_metric([aim.name, "source"], st["generation"])
             for s in State:
                 state.add_metric([aim.name, s.value], 1.0 if st["state"] == s.value else 0.0)
             for k, g in gauges.items():
@@ -81,6 +89,8 @@ class _AimCollector:
         yield markers
         yield verified
         yield mismatched
+        yield generation
+        yield promoted
 
 
 class NodeMetrics:

@@ -133,3 +133,32 @@ def runs(bits: bytes | bytearray, nblocks: int, max_run: int) -> Iterator[tuple[
         if start is not None:
             end = min(m.end() * 8, nblocks)
             yield start, end - start
+
+
+class ChangeMap:
+    """A write observer that marks every block written in a :class:`BlockBitmap`: the blocks a
+    promoted AIM destination changed since its promotion, which a failback must send back."""
+
+    def __init__(self, name: str, kind: str, bitmap: BlockBitmap) -> None:
+        self.name, self.kind, self.bitmap = name, kind, bitmap
+
+    def before_write(self, batch) -> None:
+        for intent in batch:
+            self.bitmap.mark(intent.first, intent.last)
+
+    def after_write(self, batch) -> None:
+        pass
+
+    def write_failed(self, batch) -> None:
+        pass  # a bit too many: a failback sends a block that did not change, no harm
+
+    def flush(self) -> None:
+        self.bitmap.sync()
+
+
+def union(*maps: bytes | bytearray) -> bytearray:
+    """The bits set in any of ``maps`` (of one length)."""
+    out = 0
+    for m in maps:
+        out |= int.from_bytes(m, "little")
+    return bytearray(out.to_bytes(len(maps[0]), "little"))

@@ -69,6 +69,15 @@ _MIGRATIONS = [
     """
     ALTER TABLE aim_sets ADD COLUMN last_verify TEXT;
     """,
+    """
+    ALTER TABLE aim_sets ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE aim_sets ADD COLUMN fenced TEXT;
+    ALTER TABLE aim_sets ADD COLUMN switchover TEXT;
+    ALTER TABLE aim_targets ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE aim_targets ADD COLUMN promoted TEXT;
+    ALTER TABLE aim_targets ADD COLUMN source_addr TEXT;
+    ALTER TABLE aim_targets ADD COLUMN applied_source_ns INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -34,7 +34,7 @@ def _boot_id() -> str:
 class Root:
     """The directory, held with ``flock`` for as long as it is open."""
 
-    SUBDIRS = ("volumes", "bitmaps", "points", "aim", "clones", "frozen")
+    SUBDIRS = ("volumes", "bitmaps", "points", "aim", "aim-targets", "clones", "frozen")
 
     def __init__(self, path: str, *, create: bool = True) -> None:
         self.path = os.path.abspath(path)
@@ -111,3 +111,7 @@ class Root:
 
     def aim_set(self, name: str) -> str:
         return self.sub("aim", name)
+
+    def aim_target(self, set_id: str) -> str:
+        """A received AIM set's files (its secret, its change maps); ``set_id`` is checked hex."""
+        return self.sub("aim-targets", set_id)

@@ -70,6 +70,7 @@ class Volume:
     block_size: int
     role: str = "volume"  # "volume", or "snapshot" for a complete-image snapshot volume
     replica_of: str | None = None  # set while an AIM set replicates into this volume: hosts may not write
+    fence: str | None = None  # why host writes are refused for a while (a switchover draining it)
     observers: list[WriteObserver] = field(default_factory=list)
     stats: IOStats = field(default_factory=IOStats)
 
@@ -83,13 +84,16 @@ class Volume:
 
     @property
     def host_writable(self) -> bool:
-        return self.role == "volume" and not self.replica_of
+        return self.role == "volume" and not self.replica_of and not self.fence
 
     def check_range(self, offset: int, length: int) -> None:
         check_range(self.name, self.size, offset, length)
 
     def check_host_write(self, offset: int, length: int) -> None:
-        """Refuse a host write before anything is written: a snapshot volume, a replica, or out of range."""
+        """Refuse a host write before anything is written: a snapshot volume, a replica, a fenced
+        volume, or out of range."""
+        if self.fence:
+            raise Conflict(f"volume {self.name!r} refuses writes: {self.fence}")
         if self.replica_of:
             raise Conflict(f"volume {self.name!r} is the destination of AIM set {self.replica_of!r}: "
                            "only replication writes to it")
@@ -119,15 +123,13 @@ class Volume:
 
     def write_many(self, writes: Sequence[tuple[int, bytes | memoryview]], *, fua: bool = False) -> None:
         """Host writes landing in order as one batch; all are checked before any lands."""
-        if not self.host_writable:
-            self.check_host_write(0, 0)  # raises the reason
-        self._land(self._data_intents(writes))
+        self._land(self._data_intents(writes), host=True)
         if fua:
             self.flush()
 
     def write_zeroes(self, offset: int, length: int, *, fua: bool = False) -> None:
         self.check_host_write(offset, length)
-        self._mutate([self._intent(offset, length)], lambda: punch_hole(self.fd, offset, length))
+        self._mutate([self._intent(offset, length)], lambda: punch_hole(self.fd, offset, length), host=True)
         if fua:
             self.flush()
 
@@ -163,15 +165,17 @@ class Volume:
                 batch.append(WriteIntent(offset, n, offset // bs, (offset + n - 1) // bs, data))
         return batch
 
-    def _land(self, batch: list[WriteIntent]) -> None:
+    def _land(self, batch: list[WriteIntent], host: bool = False) -> None:
         def apply() -> None:
             fd = self.fd
             for intent in batch:
                 pwrite_all(fd, intent.data, intent.offset)  # type: ignore[arg-type]
-        self._mutate(batch, apply)
+        self._mutate(batch, apply, host)
 
-    def _mutate(self, batch: list[WriteIntent], apply) -> None:
-        """The one write path: observers see the batch (zero-length writes left out), then it lands."""
+    def _mutate(self, batch: list[WriteIntent], apply, host: bool = False) -> None:
+        """The one write path: observers see the batch (zero-length writes left out), then it lands.
+        A ``host`` write is refused under the lock, so that a fence (or a promotion's end) set under
+        it is exact: no host write lands after the lock released a switchover's final marker."""
         batch = [intent for intent in batch if intent.length]
         if not batch:
             return
@@ -179,6 +183,8 @@ class Volume:
         for intent in batch:
             nbytes += intent.length
         with self.lock:
+            if host and not self.host_writable:
+                self.check_host_write(0, 0)  # raises the reason
             seen = []
             try:
                 for observer in self.observers:

@@ -13,7 +13,7 @@ import click
 from engine import EngineError
 from policies.errors import PolicyError
 
-from . import aim, demo, node, policy, recovery, run, storage
+from . import aim, demo, node, policy, recovery, roles, run, storage  # noqa: F401 - roles adds aim verbs
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 

@@ -118,9 +118,10 @@ def status(db: str, as_json: bool) -> None:
     problems = store.aim_problems()
     stalled = [p["message"] for p in problems if p["kind"] == "stalled"]
     errors = [p["message"] for p in problems if p["kind"] == "aim_error"]
+    fenced = [p["message"] for p in problems if p["kind"] == "aim_fenced"]
     alive = _service_alive(store)
     if as_json:
-        print_json({"policies": rows, "stalled": stalled, "aim_errors": errors,
+        print_json({"policies": rows, "stalled": stalled, "aim_errors": errors, "fenced": fenced,
                     "orchestrator": "running" if alive else "not running"})
         return
     click.echo(f"orchestrator: {'running (pid ' + alive['pid'] + ')' if alive else 'not running'}")
@@ -135,6 +136,8 @@ def status(db: str, as_json: bool) -> None:
         click.echo(f"STALLED: {s}")
     for s in errors:
         click.echo(f"ERROR: {s}")
+    for s in fenced:
+        click.echo(f"FENCED: {s}")
 
 
 @click.command()

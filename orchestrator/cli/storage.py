@@ -29,10 +29,11 @@ class Target:
     token_file: str | None = None
 
     @contextlib.contextmanager
-    def node(self, *, create: bool = False) -> Iterator[NodeAPI]:
+    def node(self, *, create: bool = False, timeout: float = 60.0) -> Iterator[NodeAPI]:
+        """``timeout``: how long one control API request may take (a switchover's drain)."""
         node: NodeAPI
         if self.node_url:
-            node = RemoteNode(self.node_url, read_token(self.token_file))
+            node = RemoteNode(self.node_url, read_token(self.token_file), timeout)
         else:
             node = Node(self.root, create=create)
         try:

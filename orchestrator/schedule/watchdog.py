@@ -1,7 +1,8 @@
 """The stall watchdog: an AIM set whose acknowledged position has not moved for ``stall_after``
 while data is queued is `stalled`; that goes into the events (history), `status` and metrics.
 An AIM set in state ``error`` (its destination refused to go on, and said why) is an
-``aim_error`` event at once, and ``recovered`` when it replicates again."""
+``aim_error`` event at once, one ``fenced`` (its destination was promoted: it is never applied
+again) an ``aim_fenced`` event, and either is ``recovered`` when it replicates again."""
 
 import logging
 from collections.abc import Callable
@@ -49,13 +50,16 @@ class Watchdog:
 
     def _error(self, key: tuple[str, str], info: dict, now: datetime) -> None:
         node, name = key
-        if info.get("state") == "error":
+        if info.get("state") in ("error", "fenced"):
             reason = info.get("last_error") or "unknown"
             if self.errors.get(key) != reason:
                 self.errors[key] = reason
-                msg = f"AIM set {name} on {node} cannot replicate: {reason}"
+                fenced = info["state"] == "fenced"
+                msg = (f"AIM set {name} on {node} is fenced, never applied again ({reason}): the destination "
+                       "was failed over" if fenced else f"AIM set {name} on {node} cannot replicate: {reason}")
                 log.warning(msg)
-                self.store.event(now, "aim_error", msg, details={"node": node, "aim_set": name, "reason": reason})
+                self.store.event(now, "aim_fenced" if fenced else "aim_error", msg,
+                                 details={"node": node, "aim_set": name, "reason": reason})
         elif key in self.errors and info.get("state") == "replicating":
             del self.errors[key]
             self.store.event(now, "recovered", f"AIM set {name} on {node} replicates again",

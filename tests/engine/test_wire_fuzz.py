@@ -131,10 +131,10 @@ def _encode(ftype: int, seq: int, off: int, payload: bytes, crc_ok: bool) -> byt
        stream=st.lists(_frame, max_size=8))
 def test_aim_garbage_at_every_state(node, state, garbage, stream):
     receiver = Receiver(node, TOKEN)
-    set_id = "fuzzset"
-    receiver._claim({"op": "claim", "set_id": set_id, "set_name": "fuzz", "volume": "v-dr", "size": SIZE})
+    set_id = "f" * 32
+    receiver.targets.claim({"op": "claim", "set_id": set_id, "set_name": "fuzz", "volume": "v-dr", "size": SIZE})
     before = node.read("v-dr", 0, SIZE)
-    applied_before = receiver.binding(set_id).applied_seq
+    applied_before = receiver.targets.get(set_id).applied_seq
     near, far = socket.socketpair()
     t, escaped = _run(receiver.serve, far)
     try:
@@ -152,7 +152,7 @@ def test_aim_garbage_at_every_state(node, state, garbage, stream):
     near.close()
     assert not t.is_alive(), "the AIM connection hung"
     assert escaped == [] and receiver.errors == 0
-    b = receiver.binding(set_id)
+    b = receiver.targets.get(set_id)
     # whatever was applied came in sequence from where it stood: a write landed only if every
     # entry before it did (a gap, a bad checksum or an unknown type stops the stream first)
     assert b.applied_seq >= applied_before

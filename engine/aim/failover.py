@@ -1,0 +1,161 @@
+"""Failover and failback, run at the destination.
+
+**Failover** (unplanned; the source may be gone) promotes the destination of one set: it fences
+the set (from this instant a stream of it is refused: the promotion is durable before the stream
+is cut), optionally rolls the volume back to a point (application-consistent; the blocks changed
+since it are copied back), starts a change map of the blocks written here, and makes the volume
+writable. O(1) in the volume's size; a rollback costs what changed since the point.
+
+**Failback** (the old source is back) makes this node the set's source, streaming to the old
+source: it asks the old source for the blocks it wrote that were never applied here (and the old
+source keeps them as a ``divergent.*`` point), and sends only the union of those and of the change
+map. Both are idempotent: run again after a crash, they find what is done and go on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import Conflict, EngineError, InvalidInput, NotFound
+from ..storage.bitmap import count_bits
+from ..storage.names import iso
+from ..storage.snapshots import Differential
+from . import wire
+from .wire import parse_address
+from .roles import receive_bits
+from .targets import Target, iso_ns
+
+if TYPE_CHECKING:
+    from .replication import Replication
+
+log = logging.getLogger("aimsnap.aim")
+
+
+def failover(repl: Replication, name: str, to_point: str | None = None, latest_point: bool = False,
+             force: bool = False) -> dict:
+    started = time.monotonic()
+    if to_point and latest_point:
+        raise InvalidInput("give --to-point or --latest-point, not both")
+    with repl.roles.lock:
+        t = repl.targets.named(name)
+        if t.promoted and t.promoted["state"] == "promoted":
+            return {**t.promoted, "aim_set": name, "already": True}
+        storage, vol = repl.storage, repl.storage.volume(t.volume)
+        origin = latest(repl, t) if latest_point else to_point
+        if origin:
+            storage._origin(vol, origin)  # checked before anything changes
+        if t.resyncing and not origin and not force:
+            raise Conflict(f"the destination of {name!r} is resynchronising: its volume is not consistent. Fail over "
+                           "to a point (--to-point or --latest-point), or with --force to take it as it is")
+        fresh = t.promoted is None  # else a failover cut short by a crash: its change map goes on
+        generation = t.generation + (1 if fresh else 0)
+        promoted = {"state": "promoting", "generation": generation, "promoted_at": iso(storage.clock()),
+                    "reason": "failover"}
+        _save(repl, t, promoted, generation)  # durable: from here every stream of the set is refused
+        applier = repl.targets.stop_stream(t.set_id)
+        vol.flush()  # what the stopped stream applied is durable: the recovery point is exact
+        t = repl.targets.get(t.set_id)
+        applied = max(t.applied_seq, getattr(applier, "applied", 0))
+        source_ns = max(t.applied_source_ns, getattr(applier, "source_ns", 0))
+        repl.meta.execute("UPDATE aim_targets SET applied_seq=?, applied_source_ns=? WHERE set_id=?",
+                          applied, source_ns, t.set_id)
+        repl.targets.track(t, create=fresh)
+        rolled = storage.roll_back(vol, origin) if origin else None  # through the change map, like any write
+        point_ns = _point_source_ns(repl, t, origin) if origin else source_ns
+        now_ns = int(storage.clock().timestamp() * 1e9)
+        promoted = {**promoted, "state": "promoted", "applied_seq": applied, "applied_source_time": iso_ns(source_ns),
+                    "point": origin, "point_source_time": iso_ns(point_ns) if point_ns else None,
+                    "rpo_seconds": round((now_ns - point_ns) / 1e9, 3) if point_ns else None,
+                    "rollback_bytes": rolled["bytes"] if rolled else 0,
+                    "seconds": round(time.monotonic() - started, 3)}
+        _save(repl, t, promoted, generation)
+        vol.replica_of = None
+    log.warning("aim %s: failed over: %s is writable (generation %d, applied up to %d, point %s)", name, vol.name,
+                generation, applied, origin or "live")
+    return {**promoted, "aim_set": name, "volume": vol.name}
+
+
+def _save(repl: Replication, t: Target, promoted: dict, generation: int) -> None:
+    repl.meta.execute("UPDATE aim_targets SET promoted=?, generation=? WHERE set_id=?", json.dumps(promoted),
+                      generation, t.set_id)
+
+
+def latest(repl: Replication, t: Target) -> str:
+    """The newest point of the snapshot the set's last applied marker enabled."""
+    rows = repl.meta.query("SELECT result FROM applied_markers WHERE set_id=?", t.set_id)
+    results = [json.loads(r["result"]) for r in rows]
+    applied = [r for r in results if r.get("state") == "applied" and r.get("snapshot")]
+    if not applied:
+        raise Conflict(f"no marker of {t.set_name!r} was applied here with a snapshot named: fail over with "
+                       "--to-point SNAPSHOT@POINT, or to the live volume")
+    snap = max(applied, key=lambda r: r["id"])["snapshot"]
+    rel = repl.storage.snapshots.get(snap)
+    if not isinstance(rel, Differential) or not rel.points:
+        raise NotFound(f"snapshot {snap!r} has no point in time here")
+    return f"{snap}@{rel.points[-1].name}"
+
+
+def _point_source_ns(repl: Replication, t: Target, origin: str) -> int:
+    """The source's clock at the marker that made ``origin`` (0 if no marker did)."""
+    snap, _, point = origin.partition("@")
+    for r in repl.meta.query("SELECT result FROM applied_markers WHERE set_id=?", t.set_id):
+        res = json.loads(r["result"])
+        if res.get("point") == point and res.get("snapshot") in (snap, None):
+            return int(res.get("source_ns") or 0)
+    return 0
+
+
+def failback(repl: Replication, name: str, source: str | None = None) -> dict:
+    """This node becomes the source of ``name`` again, toward its old source, sending only what differs."""
+    started = time.monotonic()
+    with repl.roles.lock:
+        done = repl.sets.get(name)
+        if done is not None and not _has_target(repl, name):
+            return {**repl.info(name), "aim_set": name, "already": True}
+        t = repl.targets.named(name)
+        if not t.promoted or t.promoted["state"] != "promoted":
+            raise Conflict(f"AIM set {name!r} was not failed over here: fail over first (aim failover {name})")
+        if repl.local is None:
+            raise Conflict("failback needs a serving node (aimsnap node serve): it talks to the old source")
+        addr = source or t.source_addr
+        if not addr:
+            raise InvalidInput("the old source's AIM address is not known here: give --source HOST:AIMPORT")
+        host, port = parse_address(addr)
+        own_port, token = repl.local
+        change = repl.targets.changes.get(t.set_id)
+        here = change.bitmap.count() if change else 0
+        try:
+            with repl.connect(host, port) as sock:
+                sock.settimeout(600)
+                conn = wire.Connection(sock)
+                answer = wire.client_handshake(sock, token, {
+                    "op": "failback", "set_id": t.set_id, "set_name": name, "generation": t.generation,
+                    "promoted_seq": t.promoted.get("applied_seq", t.applied_seq), "volume": t.volume,
+                    "aim_port": own_port})
+                bits = receive_bits(conn, answer)
+        except wire.WireError as e:
+            raise Conflict(f"the old source {host}:{port} refused the failback: {e}") from None
+        except OSError as e:
+            raise EngineError(f"the old source's AIM port {host}:{port} is unreachable: {e.strerror or e}") from None
+        vol = repl.storage.volume(t.volume)
+        if len(bits) != (vol.nblocks + 7) // 8:
+            raise Conflict("the old source's volume is not of this volume's size")
+        aim = repl.roles.become_source(t, host, port, t.source or name, extra=bits)
+    result = {"aim_set": name, "volume": vol.name, "to": f"{host}:{port}/{t.source}",
+              "generation": aim.record.generation, "divergent_point": answer.get("divergent_point"),
+              "blocks_changed_here": here, "blocks_changed_at_source": count_bits(bits),
+              "blocks_to_send": aim.dirty.count(), "block_size": vol.block_size,
+              "seconds": round(time.monotonic() - started, 3)}
+    log.warning("aim %s: failing back to %s: %d block(s) to send", name, result["to"], result["blocks_to_send"])
+    return result
+
+
+def _has_target(repl: Replication, name: str) -> bool:
+    try:
+        repl.targets.named(name)
+        return True
+    except NotFound:
+        return False
