@@ -73,6 +73,8 @@ class ReplicationAPI(Protocol):
         ``repair`` re-sends mismatched ranges. Answers at once: follow it with :meth:`verify_status`."""
     def verify_status(self, name: str) -> dict:
         """The verify running now, or the last one: ``state`` running | done | failed | none."""
+    def points(self, name: str, limit: int = 100) -> list[dict]:
+        """At the destination: the recovery points the set's markers made, newest first."""
     def failover(self, name: str, to_point: str | None = None, latest_point: bool = False,
                  force: bool = False) -> dict:
         """At the destination: promote it (the set is fenced from now on), optionally rolled back

@@ -80,6 +80,31 @@ class Policy:
         return self.marker_label or self.name
 
 
+@dataclass(frozen=True)
+class PlanMember:
+    """One line of a recovery plan: a group (its members fail over to one group point) or an AIM set."""
+
+    kind: str  # group | aim_set
+    name: str
+    node: str  # where it is declared (the source side)
+    aim_sets: tuple[str, ...]  # the group's members, or the one AIM set
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    name: str
+    node: str  # where it runs: every member's destination
+    members: tuple[PlanMember, ...]
+    point: str  # latest-group-point | latest-point | live
+    after: tuple[tuple[str, ...], ...]
+    timeout: float
+    where: Where
+
+    def aim_sets(self) -> list[tuple[str, str]]:
+        """(source node, AIM set) of every member, groups expanded."""
+        return [(m.node, a) for m in self.members for a in m.aim_sets]
+
+
 @dataclass
 class Bundle:
     """Everything several policy files declare, checked together (names are global)."""
@@ -88,6 +113,7 @@ class Bundle:
     nodes: dict[str, NodeSpec] = field(default_factory=dict)
     resources: dict[tuple[str, str, str], Resource] = field(default_factory=dict)  # (kind, node, name)
     policies: list[Policy] = field(default_factory=list)
+    plans: list[RecoveryPlan] = field(default_factory=list)
     warnings: list = field(default_factory=list)
 
     def resource(self, kind: str, node: str, name: str) -> Resource | None:

@@ -89,6 +89,9 @@ def _explain(doc: Document, error: jsonschema.ValidationError) -> list[Problem]:
                         json_path(path))]
     if v == "minItems":
         return [Problem(where, f"expected at least {sch['minItems']} item(s), got {len(inst)}", json_path(path))]
+    if v in ("minProperties", "maxProperties"):  # the one-of-a-kind mappings: a plan's members
+        keys = " or ".join(f"`{k}: NAME`" for k in sorted(sch.get("properties", {})))
+        return [Problem(where, f"an entry here is exactly one of {keys}", json_path(path))]
     if v in ("minimum", "maximum", "minLength", "maxLength"):
         return [Problem(where, f"{inst!r}: {error.message.split(' is ', 1)[-1]}", json_path(path))]
     return [Problem(where, error.message, json_path(path))]

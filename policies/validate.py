@@ -14,6 +14,7 @@ from .durations import DurationError, parse_duration
 from .errors import PolicyError, Problem, json_path
 from .loader import Document, load_file
 from .model import Bundle, NodeSpec, Policy, Resource, Retain
+from .plans import check_plans
 from .items import dates, feeding_aim_sets, mapping, parse_window, resource_items, sequence, size_of, size_text
 from .schema import schema_problems
 
@@ -69,6 +70,7 @@ def _check(files: list[str]) -> tuple[Bundle, list[Problem]]:
         checker.resources(doc)
     for doc, schema_ok in docs:  # references are checked everywhere; the model is built from valid files
         checker.policies(doc, build=schema_ok)
+        check_plans(checker, doc, build=schema_ok)
     return bundle, sorted(set(problems))
 
 
@@ -82,6 +84,7 @@ class _Semantics:
     def __init__(self, bundle: Bundle, problems: list[Problem]) -> None:
         self.b, self.problems = bundle, problems
         self.policy_names: dict[str, Problem] = {}
+        self.plan_names: dict[str, str] = {}  # recovery plan -> where it is defined
         self.names: dict[tuple[str, str, str], Resource] = {}  # (namespace, node, name)
 
     def err(self, doc: Document, path: tuple, message: str, key: bool = False) -> None:

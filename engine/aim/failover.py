@@ -85,13 +85,11 @@ def _save(repl: Replication, t: Target, promoted: dict, generation: int) -> None
 
 def latest(repl: Replication, t: Target) -> str:
     """The newest point of the snapshot the set's last applied marker enabled."""
-    rows = repl.meta.query("SELECT result FROM applied_markers WHERE set_id=?", t.set_id)
-    results = [json.loads(r["result"]) for r in rows]
-    applied = [r for r in results if r.get("state") == "applied" and r.get("snapshot")]
-    if not applied:
+    named = [p for p in repl.targets.points(t, 10000) if p["snapshot"]]
+    if not named:
         raise Conflict(f"no marker of {t.set_name!r} was applied here with a snapshot named: fail over with "
                        "--to-point SNAPSHOT@POINT, or to the live volume")
-    snap = max(applied, key=lambda r: r["id"])["snapshot"]
+    snap = named[0]["snapshot"]
     rel = repl.storage.snapshots.get(snap)
     if not isinstance(rel, Differential) or not rel.points:
         raise NotFound(f"snapshot {snap!r} has no point in time here")
@@ -100,11 +98,10 @@ def latest(repl: Replication, t: Target) -> str:
 
 def _point_source_ns(repl: Replication, t: Target, origin: str) -> int:
     """The source's clock at the marker that made ``origin`` (0 if no marker did)."""
-    snap, _, point = origin.partition("@")
-    for r in repl.meta.query("SELECT result FROM applied_markers WHERE set_id=?", t.set_id):
-        res = json.loads(r["result"])
-        if res.get("point") == point and res.get("snapshot") in (snap, None):
-            return int(res.get("source_ns") or 0)
+    _snap, _, point = origin.partition("@")
+    for p in repl.targets.points(t, 10000):
+        if p["point"] == point:
+            return p["source_ns"]
     return 0
 
 
@@ -118,13 +115,12 @@ def failback(repl: Replication, name: str, source: str | None = None) -> dict:
         t = repl.targets.named(name)
         if not t.promoted or t.promoted["state"] != "promoted":
             raise Conflict(f"AIM set {name!r} was not failed over here: fail over first (aim failover {name})")
-        if repl.local is None:
-            raise Conflict("failback needs a serving node (aimsnap node serve): it talks to the old source")
+        token = repl.roles.secret(t.set_id)
         addr = source or t.source_addr
         if not addr:
             raise InvalidInput("the old source's AIM address is not known here: give --source HOST:AIMPORT")
         host, port = parse_address(addr)
-        own_port, token = repl.local
+        own_port = repl.local[0] if repl.local else 0
         change = repl.targets.changes.get(t.set_id)
         here = change.bitmap.count() if change else 0
         try:

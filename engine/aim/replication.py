@@ -227,6 +227,10 @@ class Replication:
         return {**aim.status(), "id": aim.record.id, "paused": aim.record.paused, "groups": groups,
                 "last_verify": self.last_verify(name)}
 
+    def points(self, name: str, limit: int = 100) -> list[dict]:
+        """At the destination: the set's recovery points (its applied markers), newest first."""
+        return self.targets.points(self.targets.named(name), limit)
+
     # -- role changes (see .roles) ----------------------------------------------------------------------
     def failover(self, name: str, to_point: str | None = None, latest_point: bool = False,
                  force: bool = False) -> dict:

@@ -41,12 +41,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("aimsnap.aim")
 BITS_CHUNK = 8 << 20  # compressed bitmap bytes per frame of a failback's answer
 DIVERGENT_INFO = "divergent.json"
+# the 15-minute mode: reversing it would replicate into the snapshot volume, not the production volume
+SNAPSHOT_SOURCE = ("AIM set {0!r} replicates complete-image snapshot {1!r}, not a volume: reversing it would write "
+                   "into the snapshot, not into its production volume. Make an AIM set from the other side's "
+                   "volume to a new volume there instead")
 
 
 class Roles:
     def __init__(self, repl: Replication) -> None:
         self.repl = repl
         self.lock = threading.RLock()
+
+    def secret(self, set_id: str) -> str:
+        """What this node, as the destination of ``set_id``, authenticates to its peer with: the
+        secret kept when it was the set's source before, else its own token (the set was made
+        toward this node: its token is the secret)."""
+        if self.repl.local is None:
+            raise Conflict("a role change needs a serving node (aimsnap node serve): it talks to the peer")
+        return self.repl.targets.secret(set_id) or self.repl.local[1]
 
     # -- the two conversions --------------------------------------------------------------------------
     def become_source(self, t: Target, host: str, port: int, dest_volume: str, *, extra: bytes | None = None,
@@ -57,9 +69,7 @@ class Roles:
         repl, storage = self.repl, self.repl.storage
         if repl.local is None:
             raise Conflict("a role change needs a serving node (aimsnap node serve): it talks to the peer")
-        # the set's secret: the one kept here when this node was its source before, else this
-        # node's own token (it was the set's destination: the secret is its token)
-        token = repl.targets.secret(t.set_id) or repl.local[1]
+        token = self.secret(t.set_id)
         vol = storage.volume(t.volume)
         d = storage.files.aim_set(t.set_name)
         with storage.lock:
@@ -203,6 +213,8 @@ class Roles:
                 return hs.refuse("this node is not the AIM set's old source")
             bits, info = self._kept(t)  # a retry: this node converted already
         else:
+            if aim.volume.role != "volume":
+                return hs.refuse(SNAPSHOT_SOURCE.format(aim.name, aim.volume.name))
             if aim.record.generation >= generation:
                 return hs.refuse(f"this source is at generation {aim.record.generation}, not older than {generation}")
             info = self._keep_divergent(aim)

@@ -27,6 +27,7 @@ from ..errors import Conflict, EngineError, InvalidInput
 from ..storage.names import iso
 from ..storage.volume import barrier
 from . import wire
+from .roles import SNAPSHOT_SOURCE
 from .verify import Verification
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ def _check(repl: Replication, aims: list[AimSet]) -> None:
     if repl.local is None:
         raise Conflict("switchover needs a serving node (aimsnap node serve): it talks to the destination")
     for a in aims:
+        if a.volume.role != "volume":
+            raise Conflict(SNAPSHOT_SOURCE.format(a.name, a.volume.name))
         if a.record.fenced:
             raise Conflict(f"AIM set {a.name!r} is fenced (its destination was failed over): fail back from there")
         if a.record.paused:

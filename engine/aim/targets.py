@@ -266,6 +266,18 @@ class Targets:
             if t is not None:
                 self.untrack(t)
 
+    def points(self, t: Target, limit: int = 100) -> list[dict]:
+        """The recovery points the set's markers made here, newest first: what a recovery plan
+        chooses its (group) point from."""
+        rows = self.meta.query("SELECT result FROM applied_markers WHERE set_id=?", t.set_id)
+        results = [json.loads(r["result"]) for r in rows]
+        applied = [r for r in results if r.get("state") == "applied" and r.get("point")]
+        applied.sort(key=lambda r: (r.get("source_ns") or 0, r.get("id") or 0), reverse=True)
+        return [{"id": r.get("id"), "group_marker": r.get("group_marker"), "snapshot": r.get("snapshot"),
+                 "snapshot_set": r.get("snapshot_set"), "point": r["point"], "applied_at": r.get("applied_at"),
+                 "source_time": iso_ns(int(r.get("source_ns") or 0)), "source_ns": int(r.get("source_ns") or 0)}
+                for r in applied[:limit]]
+
     # -- reporting ------------------------------------------------------------------------------------
     def info(self, t: Target) -> dict:
         with self.lock:

@@ -47,7 +47,7 @@ def policy_validate(files: tuple[str, ...], check_nodes: bool, as_json: bool) ->
                              for j in jobs], "nodes": [a.as_dict() for a in actions]})
     else:
         click.echo(f"ok: {len(files)} file(s), {len(bundle.nodes)} node(s), {len(bundle.resources)} resource(s), "
-                   f"{len(jobs)} job(s)")
+                   f"{len(jobs)} job(s)" + (f", {len(bundle.plans)} recovery plan(s)" if bundle.plans else ""))
         if actions:
             _print_actions(actions)
     return 1 if any(a.action in ("drift", "error") for a in actions) else 0

@@ -232,3 +232,92 @@ def test_failback_ships_only_what_differs_and_keeps_the_divergent_state(pair):
     _scatter(pair.src.api, "v", rng, 10, size)
     pair.wait_caught_up(aim)
     assert read_all(pair.dst.api, "v-dr", size) == read_all(pair.src.api, "v", size)
+
+
+class FollowingWriter(Writer):
+    """Writes to whichever side is the primary: on a refusal (the fence, or a replica) it tries
+    the other side. Every acknowledged write is kept in order, with the side that took it."""
+
+    def __init__(self, pair, seed: int) -> None:
+        super().__init__(pair.src, "v", seed)
+        self.apis = {"v": self.api, "v-dr": RemoteNode(pair.dst.proc.api, pair.dst.proc.token, timeout=30)}
+        self.refused = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            slot, data = self.rng.randrange(SIZE // SLOT), self.rng.randbytes(SLOT)
+            while not self.stop.is_set():
+                try:
+                    self.apis[self.volume].write(self.volume, slot * SLOT, data)
+                    self.acked.append((slot, data))
+                    break
+                except EngineError:  # fenced, or a replica now: the other side may take it
+                    self.refused += 1
+                    self.volume = "v-dr" if self.volume == "v" else "v"
+                    time.sleep(0.01)
+
+
+def test_switchover_and_back_under_a_workload_with_markers(pair, tmp_path):
+    aim = pair.replicate("v", SIZE)
+    pair.src.api.create_snapshot("v-pit", "v", "differential")  # for markers once the roles are swapped
+    base = read_all(pair.src.api, "v", SIZE)
+    w = FollowingWriter(pair, seed=7)
+    w.thread.start()
+    _wait(lambda: len(w.acked) > 100)
+    m = pair.marker(aim, "v-dr-pit", "under-load")
+    assert m["state"] == "applied"
+
+    so = pair.src.api.replication.switchover(aim, 60)["aim_sets"][0]
+    assert so["digests_equal"] and so["generation"] == 2 and so["bytes_compared"] == SIZE
+    assert pair.src.api.replication.info(aim)["role"] == "destination"
+    assert pair.dst.api.replication.info(aim)["role"] == "source"
+    _wait(lambda: w.volume == "v-dr" and len(w.acked) > 250, what="the writer did not move to the new primary")
+    m = pair.dst.api.replication.issue_marker(aim, "v-pit", "reverse")
+    assert pair.dst.api.replication.wait(m["id"], 60)["state"] == "applied"
+
+    back = pair.dst.api.replication.switchover(aim, 60)["aim_sets"][0]
+    assert back["digests_equal"] and back["generation"] == 3
+    _wait(lambda: w.volume == "v" and len(w.acked) > 400, what="the writer did not move back")
+    w.stop.set()
+    w.thread.join(10)
+    pair.wait_caught_up(aim)
+    # zero acknowledged writes lost: the primary holds every one, in order; the replica equals it
+    expected = state_after(base, w.acked, len(w.acked))
+    assert read_all(pair.src.api, "v", SIZE) == expected
+    assert read_all(pair.dst.api, "v-dr", SIZE) == expected
+    assert w.refused > 0  # the fence was seen (and no write it refused was counted)
+    assert pair.src.api.replication.info(aim)["generation"] == 3
+
+
+@pytest.mark.skipif(not shutil.which("qemu-io"), reason="needs qemu-utils (make deps)")
+def test_a_switchover_that_cannot_drain_fences_writes_then_changes_nothing(pair):
+    aim = pair.replicate("v", SIZE)
+    pair.src.api.write("v", 0, b"a" * SLOT)
+    pair.wait_caught_up(aim)
+    pair.dst.kill()
+    pair.src.api.write("v", SLOT, b"b" * SLOT)  # queued: the journal cannot drain
+    outcome: list = []
+    other = RemoteNode(pair.src.proc.api, pair.src.proc.token, timeout=60)  # a client per thread
+    t = threading.Thread(target=lambda: outcome.append(_try(lambda: other.replication.switchover(aim, 3))))
+    t.start()
+    _wait(lambda: (pair.src.api.replication.info(aim)["switchover"] or {}).get("state") == "draining")
+    with pytest.raises(EngineError, match="refuses writes: switching over"):
+        pair.src.api.write("v", 0, b"c" * SLOT)
+    p = subprocess.run(["qemu-io", "-f", "raw", pair.src.proc.nbd_uri("v"), "-c", "write -P 0xcd 0 4096"],
+                       capture_output=True, text=True)
+    assert "Operation not permitted" in p.stdout + p.stderr, p
+    t.join(30)
+    assert isinstance(outcome[0], EngineError) and "did not drain in time" in str(outcome[0])
+    info = pair.src.api.replication.info(aim)
+    assert info["role"] == "source" and info["switchover"] is None and info["generation"] == 1
+    pair.src.api.write("v", 2 * SLOT, b"d" * SLOT)  # accepted again
+    pair.dst.start()
+    pair.wait_caught_up(aim)
+    assert read_all(pair.dst.api, "v-dr", SIZE) == read_all(pair.src.api, "v", SIZE)
+
+
+def _try(fn):
+    try:
+        return fn()
+    except EngineError as e:
+        return e

@@ -34,6 +34,7 @@ policies:
 
 
 DR_TEST = "  - name: t1\n    kind: dr-test\n    node: dr\n    snapshot: db01-dr-pit\n    every: 1h\n"  # lines 22-26
+PLAN = "recovery_plans:\n  - name: site\n    node: dr\n    members: [{aim_set: db01-aim}]\n"  # lines 22-25
 
 
 def variant(old: str, new: str) -> str:
@@ -112,6 +113,18 @@ CASES = [
     (BASE + DR_TEST.replace("db01-dr-pit", "nope"), 25, 15, "unknown snapshot 'nope'"),
     (BASE + DR_TEST + "    check: {run: []}\n", 27, 18, "expected at least 1 item(s), got 0"),
     (variant("    every: 15m", "    every: 15m\n    check: {run: [/bin/true]}"), 21, 5, "`check` is for dr-test policies"),
+    # recovery plans
+    (BASE + PLAN.replace("{aim_set: db01-aim}", "{aim_set: nope}"), 25, 25, "unknown AIM set 'nope'"),
+    (BASE + PLAN.replace("{aim_set: db01-aim}", "{group: nope}"), 25, 23, "unknown group 'nope'"),
+    (BASE + PLAN.replace("node: dr", "node: prod"), 25, 25, "replicates to node 'dr', not 'prod'"),
+    (BASE + PLAN.replace("node: dr", "node: mars"), 24, 11, "unknown node 'mars'"),
+    (BASE + PLAN.replace("{aim_set: db01-aim}", "{aim_set: db01-aim}, {aim_set: db01-aim}"), 25, 46,
+     "is in recovery plan 'site' twice"),
+    (BASE + PLAN + "    point: newest\n", 26, 12, "is not one of: latest-group-point, latest-point, live"),
+    (BASE + PLAN + "    after: [/bin/start]\n", 26, 13, "expected a list"),
+    (BASE + PLAN.replace("{aim_set: db01-aim}", "{aim_set: db01-aim, group: g}"), 25, 15,
+     "exactly one of `aim_set: NAME` or `group: NAME`"),
+    (BASE + PLAN + PLAN.replace("recovery_plans:\n", ""), 26, 11, "recovery plan 'site' is defined twice"),
 ]
 
 
