@@ -146,7 +146,7 @@ class Applier:
 
     def _save_source_time(self, applied: int) -> None:
         """An idle set's recovery point moves on with the heartbeats: written down now and then."""
-        if self.source_ns - self._source_ns_saved >= SOURCE_TIME_PERSIST_NS:
+        if not self._source_ns_saved or self.source_ns - self._source_ns_saved >= SOURCE_TIME_PERSIST_NS:
             self.meta.execute("UPDATE aim_targets SET applied_source_ns=? WHERE set_id=? AND applied_seq=?",
                               self.source_ns, self.b.set_id, applied)
             self._source_ns_saved = self.source_ns
