@@ -164,6 +164,14 @@ class Pair:
         self.s, self.d = (RemoteNode(p.api, p.token, timeout=600) for p in self.procs)
         self.dst = self.procs[1]
 
+    def replicated(self, size: int) -> None:
+        """Volume v (filled) at the source, v-dr at the destination, AIM set v-aim caught up."""
+        self.s.create_volume("v", size)
+        self.d.create_volume("v-dr", size)
+        fill(self.s, "v", size, os.urandom(8 << 20))
+        self.s.replication.create("v-aim", "v", f"{self.dst.aim}/v-dr", self.dst.token)
+        caught_up(self.s, "v-aim")
+
     def close(self) -> None:
         self.s.close()
         self.d.close()
@@ -239,11 +247,7 @@ def failback_bench(workdir: str, repeat: int) -> list[dict]:
     for i in range(repeat):
         p = Pair(workdir, f"fb{i}")
         try:
-            p.s.create_volume("v", size)
-            p.d.create_volume("v-dr", size)
-            fill(p.s, "v", size, os.urandom(8 << 20))
-            p.s.replication.create("v-aim", "v", f"{p.dst.aim}/v-dr", p.dst.token)
-            caught_up(p.s, "v-aim")
+            p.replicated(size)
             p.s.replication.pause("v-aim")
             blocks = size // BS
             at_source = {rng.randrange(blocks) for _ in range(blocks // 200)}  # 0.5 %
@@ -285,11 +289,7 @@ def switchover_bench(workdir: str, repeat: int) -> dict:
     size = 1 << 30
     p = Pair(workdir, "so")
     try:
-        p.s.create_volume("v", size)
-        p.d.create_volume("v-dr", size)
-        fill(p.s, "v", size, os.urandom(8 << 20))
-        p.s.replication.create("v-aim", "v", f"{p.dst.aim}/v-dr", p.dst.token)
-        caught_up(p.s, "v-aim")
+        p.replicated(size)
         times, base = [], []
         sides = [(p.procs[0], "v"), (p.procs[1], "v-dr")]
         for i in range(repeat):

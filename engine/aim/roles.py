@@ -152,11 +152,18 @@ class Roles:
 
     # -- requests from the peer ---------------------------------------------------------------------
     def serve(self, op: str, conn: wire.Connection, hello: dict, hs: wire.Handshake, host: str) -> None:
+        """A peer's request; refused with the reason (a one-line answer) whatever goes wrong here."""
         with self.lock:
-            if op == "promote":
-                self._promote(hello, hs, host)
-            else:
-                self._give_back(conn, hello, hs, host)
+            try:
+                if self.repl.local is None:
+                    raise Conflict("this node serves no AIM port of its own: a role change needs `aimsnap node serve`")
+                if op == "promote":
+                    self._promote(hello, hs, host)
+                else:
+                    self._give_back(conn, hello, hs, host)
+            except EngineError as e:
+                log.warning("aim %s: refused a %s request from %s: %s", hello.get("set_name"), op, host, e)
+                hs.refuse(str(e))
 
     def _promote(self, hello: dict, hs: wire.Handshake, host: str) -> None:
         """A switchover's destination half: everything up to the final marker is applied here, so
@@ -180,8 +187,7 @@ class Roles:
         applied = max(t.applied_seq, getattr(applier, "applied", 0))
         if applied != final:
             return hs.refuse(f"the destination applied up to {applied}, not the final {final}: nothing changed")
-        t.generation = generation + 1
-        repl.meta.execute("UPDATE aim_targets SET generation=? WHERE set_id=?", t.generation, set_id)
+        t.generation = generation + 1  # written with the new source record, in one transaction
         aim = self.become_source(t, host, _int(hello.get("aim_port")), str(hello.get("volume", "")),
                                  journal_limit=_int(hello.get("journal_limit")) or None)
         self._regroup(hello.get("group"))
@@ -218,9 +224,10 @@ class Roles:
             if aim.record.generation >= generation:
                 return hs.refuse(f"this source is at generation {aim.record.generation}, not older than {generation}")
             info = self._keep_divergent(aim)
+            make_dir(repl.targets.dir(set_id))  # what a retry answers with, kept before the conversion
+            atomic_write(os.path.join(repl.targets.dir(set_id), DIVERGENT_INFO), json.dumps(info).encode())
             bits = self.become_destination(aim, generation, str(hello.get("volume", "")), source_addr,
                                            divergent_after=applied)
-            atomic_write(os.path.join(repl.targets.dir(set_id), DIVERGENT_INFO), json.dumps(info).encode())
         packed = zlib.compress(bytes(bits), 6)
         hs.accept(**info, divergent_blocks=count_bits(bits), bitmap_bytes=len(bits), packed_bytes=len(packed))
         for pos in range(0, max(len(packed), 1), BITS_CHUNK):

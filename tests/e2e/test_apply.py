@@ -3,12 +3,18 @@
 from ..cli import aimsnap
 
 
-def policy_file(pair, tmp_path, spare="") -> str:
-    text = f"""\
+def nodes_yaml(pair) -> str:
+    """The head of a policy file naming the pair's two nodes as prod and dr."""
+    return f"""\
 version: 1
 nodes:
   prod: {{api: "{pair.src.proc.api}", token_file: {pair.src.proc.token_file}, aim: "{pair.src.proc.aim}"}}
   dr: {{api: "{pair.dst.proc.api}", token_file: {pair.dst.proc.token_file}, aim: "{pair.dst.proc.aim}"}}
+"""
+
+
+def policy_file(pair, tmp_path, spare="") -> str:
+    text = nodes_yaml(pair) + f"""\
 resources:
   volumes:
     - {{node: prod, name: db01, size: 64MiB}}{spare}

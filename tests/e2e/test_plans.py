@@ -7,16 +7,13 @@ import json
 
 from ..aimpair import read_all, read_point
 from ..cli import aimsnap
+from .test_apply import nodes_yaml
 
 SIZE = 4 << 20
 
 
 def site(pair, tmp_path, after: str) -> str:
-    text = f"""\
-version: 1
-nodes:
-  prod: {{api: "{pair.src.proc.api}", token_file: {pair.src.proc.token_file}, aim: "{pair.src.proc.aim}"}}
-  dr: {{api: "{pair.dst.proc.api}", token_file: {pair.dst.proc.token_file}, aim: "{pair.dst.proc.aim}"}}
+    text = nodes_yaml(pair) + f"""\
 resources:
   volumes:
     - {{node: prod, name: db, size: 4MiB}}

@@ -135,15 +135,60 @@ def test_aim_garbage_at_every_state(node, state, garbage, stream):
     receiver.targets.claim({"op": "claim", "set_id": set_id, "set_name": "fuzz", "volume": "v-dr", "size": SIZE})
     before = node.read("v-dr", 0, SIZE)
     applied_before = receiver.targets.get(set_id).applied_seq
+    if state == "hello":
+        _exchange(receiver, None, garbage)
+    else:
+        _exchange(receiver, {"op": "stream", "set_id": set_id, "set_name": "fuzz"}, b"".join(stream) + garbage)
+    b = receiver.targets.get(set_id)
+    # whatever was applied came in sequence from where it stood: a write landed only if every
+    # entry before it did (a gap, a bad checksum or an unknown type stops the stream first)
+    assert b.applied_seq >= applied_before
+    if b.applied_seq == applied_before and state == "hello":
+        assert node.read("v-dr", 0, SIZE) == before
+
+
+_value = (st.none() | st.booleans() | st.integers(-5, 2**40) | st.text(max_size=12)
+          | st.lists(st.integers(0, 3), max_size=3) | st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+
+
+@FUZZ
+@given(op=st.sampled_from(["promote", "failback", "stream", "release"]), known=st.booleans(),
+       fields=st.dictionaries(st.sampled_from(["generation", "final_seq", "promoted_seq", "aim_port", "volume",
+                                               "journal_limit", "group", "set_name", "outstanding_markers"]),
+                              _value, max_size=8))
+def test_role_change_requests_with_generated_fields(node, op, known, fields):
+    """A promote, failback, stream or release request with any fields, for a set this node
+    receives or one it does not: answered or refused, never an escaped exception or a hang, and a
+    node that serves no AIM port of its own changes no role."""
+    if "role-dr" not in node.volumes:
+        node.create_volume("role-dr", SIZE, "4KiB")
+    receiver = Receiver(node, TOKEN)
+    set_id = "e" * 32
+    if node.replication.targets.get(set_id) is None:
+        receiver.targets.claim({"op": "claim", "set_id": set_id, "set_name": "role", "volume": "role-dr",
+                                "size": SIZE})
+    _exchange(receiver, {**fields, "op": op, "set_id": set_id if known else "0" * 32}, b"")
+    target = node.replication.targets.get(set_id)
+    if op != "release":
+        assert target is not None and target.promoted is None and target.generation == 1
+        assert node.volumes["role-dr"].replica_of == "role" and "role" not in node.replication.sets
+    else:  # a release of generation >= 1 forgets the set (as its source deleting it would)
+        if target is None:
+            receiver.targets.claim({"op": "claim", "set_id": set_id, "set_name": "role", "volume": "role-dr",
+                                    "size": SIZE})
+
+
+def _exchange(receiver: Receiver, hello: dict | None, then: bytes) -> None:
+    """One connection to the AIM port: the handshake with ``hello`` (None: ``then`` in its place),
+    then ``then``; the port must answer or close, and nothing may escape or hang."""
     near, far = socket.socketpair()
     t, escaped = _run(receiver.serve, far)
     try:
-        if state == "hello":
+        if hello is None:
             near.recv(len(wire.GREETING) + 32)
-            near.sendall(garbage)
         else:
-            wire.client_handshake(near, TOKEN, {"op": "stream", "set_id": set_id, "set_name": "fuzz"})
-            near.sendall(b"".join(stream) + garbage)
+            wire.client_handshake(near, TOKEN, hello)
+        near.sendall(then)
         near.shutdown(socket.SHUT_WR)
         _drain(near)
     except (OSError, wire.WireError):
@@ -152,9 +197,3 @@ def test_aim_garbage_at_every_state(node, state, garbage, stream):
     near.close()
     assert not t.is_alive(), "the AIM connection hung"
     assert escaped == [] and receiver.errors == 0
-    b = receiver.targets.get(set_id)
-    # whatever was applied came in sequence from where it stood: a write landed only if every
-    # entry before it did (a gap, a bad checksum or an unknown type stops the stream first)
-    assert b.applied_seq >= applied_before
-    if b.applied_seq == applied_before and state == "hello":
-        assert node.read("v-dr", 0, SIZE) == before
