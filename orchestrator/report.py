@@ -27,6 +27,24 @@ def _dr_tests(runs: list[dict]) -> str:
     return f"<h2>DR tests</h2><table><tr>{head}</tr>{''.join(cells)}</table>"
 
 
+def _plans(events: list[dict]) -> str:
+    """Recovery plans run (failover, failback, switchover): per member, the point, RPO and seconds."""
+    rows = [e for e in events if e["kind"].startswith("plan-")][:50]
+    if not rows:
+        return ""
+    cells = []
+    for e in rows:
+        d = e["details"] or {}
+        for m in d.get("members", []):
+            r = m.get("result") or {}
+            cells.append("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
+                d.get("plan"), e["at"], d.get("verb"), m.get("aim_set") or m.get("member"), m["status"],
+                r.get("point") or "-", r.get("rpo_seconds", "-"), m.get("seconds"), m.get("error") or "")) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("plan", "at", "verb", "member", "result", "point", "RPO s", "seconds",
+                                             "why"))
+    return f"<h2>Recovery plans</h2><table><tr>{head}</tr>{''.join(cells)}</table>"
+
+
 def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str:
     now = now or datetime.now(timezone.utc)
     runs = list(reversed(store.history(limit=limit)))
@@ -88,4 +106,4 @@ def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>aimsnap report</title>"
             f"<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}</style></head><body>"
             f"<h1>aimsnap report</h1><p>Generated {html.escape(str(now))} from {html.escape(store.path)}</p>"
-            f"{body}</body></html>")
+            f"{body}{_plans(store.events(limit=1000))}</body></html>")

@@ -110,6 +110,10 @@ def test_a_plan_with_a_group_fails_over_to_one_group_point_and_back(pair, tmp_pa
     assert read_all(dst, "db-dr", SIZE)[:10] == b"prod again"
     kinds = [e["kind"] for e in aimsnap("history", "--events", "--json", "--db", db).json()]
     assert {"plan-failover", "plan-failback", "plan-switchover"} <= set(kinds)
+    page = tmp_path / "report.html"
+    assert aimsnap("report", "--db", db, "--html", str(page)).code == 0
+    html = page.read_text()
+    assert "<h2>Recovery plans</h2>" in html and f"db-dr-pit@{group_point}" in html
 
 
 def _caught_up(node, aim: str) -> None:
