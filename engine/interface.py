@@ -78,7 +78,7 @@ class ReplicationAPI(Protocol):
     def failover(self, name: str, to_point: str | None = None, latest_point: bool = False,
                  force: bool = False) -> dict:
         """At the destination: promote it (the set is fenced from now on), optionally rolled back
-        to ``to_point`` or the newest point of the last marker's snapshot; the volume is writable."""
+        to ``to_point`` or the point the last applied marker made; the volume is writable."""
     def failback(self, name: str, source: str | None = None) -> dict:
         """At a failed-over destination: become the set's source toward the old source (at
         ``source``, HOST:AIMPORT, else where it last connected from), sending only what differs."""

@@ -49,6 +49,13 @@ class GroupBarriers:
             self._finish(key, result)
         return result
 
+    def cancel(self, member: str, reason: str) -> None:
+        """``member`` will not come (its destination was promoted): every group marker it has
+        reached or waits for fails now, with ``reason``, and its waiters go."""
+        with self.cond:
+            for key in [k for k, who in self.arrived.items() if member in who and k not in self.enabling]:
+                self._finish(key, {"state": "failed", "error": reason})
+
     def _wait(self, key: str, members: list[str]) -> dict:
         """Caller holds the condition: wait for the last member's result, or time out."""
         deadline = time.monotonic() + self.timeout

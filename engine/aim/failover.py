@@ -44,16 +44,22 @@ def failover(repl: Replication, name: str, to_point: str | None = None, latest_p
         if t.promoted and t.promoted["state"] == "promoted":
             return {**t.promoted, "aim_set": name, "already": True}
         storage, vol = repl.storage, repl.storage.volume(t.volume)
+        fresh = t.promoted is None  # else a failover cut short by a crash: its change map goes on
         origin = latest(repl, t) if latest_point else to_point
+        if not fresh:  # the same point as the first run: a rollback half done is finished, not mixed
+            first = t.promoted.get("point")
+            if (to_point or latest_point) and origin != first:
+                raise Conflict(f"a failover of {name!r} to {first or 'the live volume'} was cut short: run it again "
+                               "as it was (the point is kept), not to another point")
+            origin = first
         if origin:
             storage._origin(vol, origin)  # checked before anything changes
         if t.resyncing and not origin and not force:
             raise Conflict(f"the destination of {name!r} is resynchronising: its volume is not consistent. Fail over "
                            "to a point (--to-point or --latest-point), or with --force to take it as it is")
-        fresh = t.promoted is None  # else a failover cut short by a crash: its change map goes on
         generation = t.generation + (1 if fresh else 0)
         promoted = {"state": "promoting", "generation": generation, "promoted_at": iso(storage.clock()),
-                    "reason": "failover"}
+                    "reason": "failover", "point": origin}
         _save(repl, t, promoted, generation)  # durable: from here every stream of the set is refused
         applier = repl.targets.stop_stream(t.set_id)
         vol.flush()  # what the stopped stream applied is durable: the recovery point is exact
@@ -84,16 +90,18 @@ def _save(repl: Replication, t: Target, promoted: dict, generation: int) -> None
 
 
 def latest(repl: Replication, t: Target) -> str:
-    """The newest point of the snapshot the set's last applied marker enabled."""
+    """The point the set's last applied marker made (not merely the snapshot's newest point: a
+    rollback's own pre-restore point, or one made by hand, is not a marker's)."""
     named = [p for p in repl.targets.points(t, 10000) if p["snapshot"]]
     if not named:
         raise Conflict(f"no marker of {t.set_name!r} was applied here with a snapshot named: fail over with "
                        "--to-point SNAPSHOT@POINT, or to the live volume")
-    snap = named[0]["snapshot"]
-    rel = repl.storage.snapshots.get(snap)
-    if not isinstance(rel, Differential) or not rel.points:
-        raise NotFound(f"snapshot {snap!r} has no point in time here")
-    return f"{snap}@{rel.points[-1].name}"
+    p = named[0]
+    rel = repl.storage.snapshots.get(p["snapshot"])
+    if not isinstance(rel, Differential) or rel.find(p["point"]) < 0:
+        raise NotFound(f"the last marker's point {p['snapshot']}@{p['point']} is gone (deleted, or pruned): fail over "
+                       "with --to-point SNAPSHOT@POINT")
+    return f"{p['snapshot']}@{p['point']}"
 
 
 def _point_source_ns(repl: Replication, t: Target, origin: str) -> int:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 from ..net.listener import ThreadedListener
 from . import verify, wire
 from .applier import Applier, StorageFault
-from .barriers import GroupBarriers
 from .supervisor import describe
 from .wire import Connection, WireError
 
@@ -28,7 +27,6 @@ class Receiver:
     def __init__(self, node: Node, token: str, tls: ssl.SSLContext | None = None) -> None:
         self.node, self.storage, self.token, self.tls = node, node, token, tls
         self.targets = node.replication.targets
-        self.groups = GroupBarriers(node.meta)
         self.listener = ThreadedListener("aim", self.serve)
         self.rejected = 0  # connections refused: authentication, protocol, checksum
         self.errors = 0  # streams that failed here for any other reason (logged with it)
@@ -99,7 +97,7 @@ class Receiver:
             hs.accept(applied_seq=target.applied_seq, resyncing=target.resyncing,
                       marker_results=self._results(set_id, hello.get("outstanding_markers")))
             conn.settimeout(120)  # the source sends a heartbeat every few seconds
-            stream.applier = Applier(self.storage, self.groups, Connection(conn), target)
+            stream.applier = Applier(self.storage, self.targets.groups, Connection(conn), target)
             stream.applier.run()
         except WireError as e:
             self.rejected += 1

@@ -249,6 +249,7 @@ class Replication:
     def verify(self, name: str, repair: bool = False) -> dict:
         """Start a block-exact verify of the set at one write-order point (see :mod:`.verify`)."""
         aim = self.aim_set(name)
+        _markable(aim)  # a verify is a marker too
         with self.storage.lock:
             running = self.verifications.get(name)
             if running is not None and running.state == "running":
@@ -284,9 +285,10 @@ class Replication:
 
     def delete(self, name: str) -> None:
         if name not in self.sets:  # a set received here: forgotten (a promoted one can no longer fail back)
-            t = self.targets.named(name)
-            self.targets.stop_stream(t.set_id)
-            self.targets.forget(t)
+            with self.roles.lock:
+                t = self.targets.named(name)
+                self.targets.stop_stream(t.set_id)
+                self.targets.forget(t)
             return
         with self.storage.lock:  # forget it here; stopping and the network call come after
             aim = self.aim_set(name)

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .replication import Replication
 
 log = logging.getLogger("aimsnap.aim")
+LOCK_WAIT = 20.0  # a peer's request waits this long for this node's own role change, then is refused
 BITS_CHUNK = 8 << 20  # compressed bitmap bytes per frame of a failback's answer
 DIVERGENT_INFO = "divergent.json"
 # the 15-minute mode: reversing it would replicate into the snapshot volume, not the production volume
@@ -90,7 +91,9 @@ class Roles:
                 maps = [m for m in (change.bitmap.bits if change else None, extra) if m is not None]
                 bits = union(*maps) if maps else bytearray((vol.nblocks + 7) // 8)
                 atomic_write(os.path.join(d, "dirty.bm"), bytes(bits))
-                record.overflowed = count_bits(bits) > 0
+                # a failback resyncs (the old source is marked resyncing), even with nothing to send:
+                # a resync of no block, not the full copy a destination resyncing on its own gets
+                record.overflowed = extra is not None or count_bits(bits) > 0
                 with repl.meta.transaction() as db:
                     record.insert_into(db)
                     db.execute("DELETE FROM aim_targets WHERE set_id=?", (t.set_id,))
@@ -116,6 +119,9 @@ class Roles:
         make_dir(tdir)
         repl.targets.keep_secret(rec.id, aim.token)
         aim.stop()  # no more shipping (its thread joined, outside the locks)
+        running = repl.verifications.pop(aim.name, None)
+        if running is not None:
+            running.cancel()  # its set is going: it must not read a closed journal
         bits = None
         with storage.lock, vol.lock:
             if divergent_after is not None:
@@ -153,7 +159,9 @@ class Roles:
     # -- requests from the peer ---------------------------------------------------------------------
     def serve(self, op: str, conn: wire.Connection, hello: dict, hs: wire.Handshake, host: str) -> None:
         """A peer's request; refused with the reason (a one-line answer) whatever goes wrong here."""
-        with self.lock:
+        if not self.lock.acquire(timeout=LOCK_WAIT):
+            return hs.refuse("another role change is in progress on this node: retry")
+        try:
             try:
                 if self.repl.local is None:
                     raise Conflict("this node serves no AIM port of its own: a role change needs `aimsnap node serve`")
@@ -164,6 +172,8 @@ class Roles:
             except EngineError as e:
                 log.warning("aim %s: refused a %s request from %s: %s", hello.get("set_name"), op, host, e)
                 hs.refuse(str(e))
+        finally:
+            self.lock.release()
 
     def _promote(self, hello: dict, hs: wire.Handshake, host: str) -> None:
         """A switchover's destination half: everything up to the final marker is applied here, so
@@ -221,6 +231,9 @@ class Roles:
         else:
             if aim.volume.role != "volume":
                 return hs.refuse(SNAPSHOT_SOURCE.format(aim.name, aim.volume.name))
+            if aim.record.tls:
+                return hs.refuse(f"AIM set {aim.name!r} replicated over TLS, and the reverse set has no certificate "
+                                 "to trust for this node's AIM port yet: it would come back in plaintext")
             if aim.record.generation >= generation:
                 return hs.refuse(f"this source is at generation {aim.record.generation}, not older than {generation}")
             info = self._keep_divergent(aim)

@@ -43,7 +43,7 @@ def switchover(repl: Replication, name: str | None = None, group: str | None = N
     if bool(name) == bool(group):
         raise InvalidInput("give an AIM set, or a group, not both")
     with repl.roles.lock:
-        names = repl.group_members(group) if group else [name]
+        names = _members(repl, group) if group else [name]
         done = [n for n in names if n not in repl.sets]
         if done and len(done) == len(names):  # every member switched over already (a retry)
             return {"aim_sets": [repl.info(n) for n in names], "already": True}
@@ -52,15 +52,16 @@ def switchover(repl: Replication, name: str | None = None, group: str | None = N
             return _abort(repl, aims)
         pending = [a for a in aims if _state(a) == "promoting"]
         if not pending:
-            _check(repl, aims)
-            _fence(repl, aims, f"switching over to {', '.join(a.record.dest_host for a in aims)}")
+            _check(repl, aims, group)
+            _fence(repl, aims, f"switching over to {', '.join(a.record.dest_host for a in aims)}", group, names)
             try:
                 finals = {a.name: _final_point(repl, a, started + timeout) for a in aims}
             except BaseException:
                 _lift(repl, aims)
                 raise
             for a in aims:
-                _record(repl, a, "promoting", final_seq=finals[a.name]["final_seq"], proof=finals[a.name])
+                _record(repl, a, "promoting", final_seq=finals[a.name]["final_seq"], proof=finals[a.name],
+                        group=group, members=names)
         results = []
         for a in aims:  # from here no lifting: the destination may promote before its answer is lost
             results.append(_promote(repl, a, group, names))
@@ -71,10 +72,31 @@ def _state(aim: AimSet) -> str | None:
     return json.loads(aim.record.switchover)["state"] if aim.record.switchover else None
 
 
-def _check(repl: Replication, aims: list[AimSet]) -> None:
+def _members(repl: Replication, group: str) -> list[str]:
+    """The group's members as they were when its switchover fenced them (a retry after some of them
+    switched finds the group here shrunk), else as the group is now."""
+    for a in repl.sets.values():
+        pending = json.loads(a.record.switchover) if a.record.switchover else {}
+        if pending.get("group") == group:
+            return list(pending["members"])
+    return repl.group_members(group)
+
+
+def _check(repl: Replication, aims: list[AimSet], group: str | None) -> None:
     if repl.local is None:
         raise Conflict("switchover needs a serving node (aimsnap node serve): it talks to the destination")
     for a in aims:
+        groups = [r["group_name"] for r in repl.meta.query("SELECT group_name FROM group_members WHERE aim_set=?",
+                                                           a.name)]
+        if group is None and groups:
+            raise Conflict(f"AIM set {a.name!r} is a member of group {groups[0]!r}: switch the group over "
+                           f"(--group {groups[0]}), so that its members keep one write-order point")
+        if a.record.tls:
+            raise Conflict(f"AIM set {a.name!r} replicates over TLS, and a reverse set has no certificate to trust "
+                           "for this node's AIM port yet: it would go back in plaintext. Not switched over")
+        running = repl.verifications.get(a.name)
+        if running is not None and running.state == "running":
+            raise Conflict(f"AIM set {a.name!r} is being verified ({running.id}): switch over when it is done")
         if a.volume.role != "volume":
             raise Conflict(SNAPSHOT_SOURCE.format(a.name, a.volume.name))
         if a.record.fenced:
@@ -85,13 +107,13 @@ def _check(repl: Replication, aims: list[AimSet]) -> None:
             raise Conflict(f"AIM set {a.name!r} is resynchronising: switch over once it replicates")
 
 
-def _fence(repl: Replication, aims: list[AimSet], reason: str) -> None:
+def _fence(repl: Replication, aims: list[AimSet], reason: str, group: str | None, members: list[str]) -> None:
     """One write-order point across every member: their fences go up under all their locks."""
     with barrier(a.volume for a in aims):
         for a in aims:
             a.volume.fence = reason
     for a in aims:
-        _record(repl, a, "draining")
+        _record(repl, a, "draining", group=group, members=members)
 
 
 def _lift(repl: Replication, aims: list[AimSet]) -> None:

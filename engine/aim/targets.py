@@ -25,6 +25,7 @@ from ..net.listener import shut
 from ..storage.bitmap import BlockBitmap, ChangeMap
 from ..storage.fsutil import make_dir, write_new
 from ..storage.names import iso, utcnow
+from .barriers import GroupBarriers
 
 if TYPE_CHECKING:
     from ..storage.storage import Storage
@@ -77,6 +78,7 @@ class Targets:
         self.lock = threading.Lock()  # a leaf lock: the stream map
         self.streams: dict[str, Stream] = {}
         self.changes: dict[str, ChangeMap] = {}  # set id -> its promoted volume's change map
+        self.groups = GroupBarriers(storage.meta)  # where members' streams wait at a group marker
 
     # -- records -----------------------------------------------------------------------------------------
     def get(self, set_id: str) -> Target | None:
@@ -209,16 +211,21 @@ class Targets:
                 del self.streams[set_id]
 
     def stop_stream(self, set_id: str, timeout: float = 30.0) -> object | None:
-        """Cut the set's stream and wait until its applier has stopped; the applier, if there was one."""
+        """Cut the set's stream and wait until its applier has stopped (one waiting at a group
+        barrier is released: the group point cannot be made without this member now); the
+        applier, if there was one. The stream stays known until its thread has ended, so that a
+        second call waits for the same thread."""
         with self.lock:
-            stream = self.streams.pop(set_id, None)
+            stream = self.streams.get(set_id)
         if stream is None:
             return None
         shut(stream.conn)
+        self.groups.cancel(set_id, "a member of the group was failed over before the group marker completed")
         if stream.thread is not threading.current_thread():
             stream.thread.join(timeout)
             if stream.thread.is_alive():
                 raise Conflict(f"the AIM stream did not stop within {timeout:.0f}s: try again")
+        self.detach(set_id, stream)
         return stream.applier
 
     def stop_all(self) -> None:

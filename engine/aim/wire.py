@@ -1,9 +1,11 @@
 """The AIM connection: HMAC challenge-response handshake and frame IO on a socket.
 
-The destination sends a random challenge; the source answers with
-HMAC-SHA256(token, "client" | challenge | client-nonce | set-id) and its own nonce; the
-destination proves it knows the token too with HMAC-SHA256(token, "server" | client-nonce |
-challenge). The token never crosses the wire.
+The destination sends a random challenge; the source answers with its hello (the operation, the
+set, its generation, a nonce of its own) and HMAC-SHA256(token, "client" | challenge | the whole
+hello, canonical JSON); the destination proves it knows the token too with HMAC-SHA256(token,
+"accept" or "refuse" | client-nonce | challenge | the whole answer). The token never crosses the
+wire, and no field of either message can be changed on the way (an operation, a generation, a
+fence).
 """
 
 import hashlib
@@ -162,11 +164,12 @@ def client_handshake(sock: socket.socket, token: str, hello: dict) -> dict:
         raise WireError("the peer is not an aimsnap AIM port")
     challenge = greeting[len(GREETING):]
     nonce = os.urandom(32)
-    set_id = str(hello.get("set_id", ""))
-    send_message(sock, {**hello, "nonce": nonce.hex(),
-                        "mac": mac(token, b"client", challenge, nonce, set_id.encode())})
+    body = {**hello, "nonce": nonce.hex()}
+    send_message(sock, {**body, "mac": mac(token, b"client", challenge, canonical(body))})
     answer = recv_message(sock)
-    proven = hmac.compare_digest(str(answer.get("mac", "")), mac(token, b"server", nonce, challenge))
+    label = b"accept" if answer.get("ok") is True else b"refuse"
+    proven = hmac.compare_digest(str(answer.get("mac", "")), mac(token, label, nonce, challenge, canonical(
+        {k: v for k, v in answer.items() if k != "mac"})))
     if not answer.get("ok"):
         if proven and isinstance(answer.get("fenced"), dict):
             raise Fenced(str(answer.get("error", "fenced")), answer["fenced"])
@@ -176,24 +179,34 @@ def client_handshake(sock: socket.socket, token: str, hello: dict) -> dict:
     return answer
 
 
+def canonical(obj: dict) -> bytes:
+    """The bytes a handshake message's MAC covers: all of it, in one spelling."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
 class Handshake:
-    """The destination's side of one authenticated handshake: accept, or refuse, proving the token."""
+    """The destination's side of one authenticated handshake: accept, or refuse, proving the token.
+    Each answer's MAC covers the whole answer, and accepting and refusing use different labels,
+    so a refusal cannot be made of an acceptance, nor its reason changed (a forged fence)."""
 
     def __init__(self, sock: socket.socket, token: str, challenge: bytes, nonce: bytes) -> None:
         self.sock, self.token, self.challenge, self.nonce = sock, token, challenge, nonce
 
+    def _send(self, label: bytes, answer: dict) -> None:
+        send_message(self.sock, {**answer, "mac": mac(self.token, label, self.nonce, self.challenge,
+                                                      canonical(answer))})
+
     def accept(self, **answer: object) -> None:
-        send_message(self.sock, {"ok": True, "mac": mac(self.token, b"server", self.nonce, self.challenge), **answer})
+        self._send(b"accept", {**answer, "ok": True})
 
     def refuse(self, error: str, **answer: object) -> None:
         """A refusal the source can trust (it carries the proof): e.g. fenced."""
-        send_message(self.sock, {"ok": False, "error": error,
-                                 "mac": mac(self.token, b"server", self.nonce, self.challenge), **answer})
+        self._send(b"refuse", {**answer, "ok": False, "error": error})
 
 
 def server_handshake(sock: socket.socket, token_for: Callable[[dict], str]) -> tuple[dict, Handshake]:
-    """Challenge a source; return its hello (after checking the MAC with the token
-    ``token_for(hello)`` names: the node's, or the set's own secret) and the handshake."""
+    """Challenge a source; return its hello (after checking the MAC, over the whole hello, with the
+    token ``token_for(hello)`` names: the node's, or the set's own secret) and the handshake."""
     challenge = os.urandom(32)
     sock.sendall(GREETING + challenge)
     hello = recv_message(sock)
@@ -202,7 +215,7 @@ def server_handshake(sock: socket.socket, token_for: Callable[[dict], str]) -> t
     except ValueError:
         nonce = b""
     token = token_for(hello)
-    expected = mac(token, b"client", challenge, nonce, str(hello.get("set_id", "")).encode())
+    expected = mac(token, b"client", challenge, canonical({k: v for k, v in hello.items() if k != "mac"}))
     if len(nonce) != 32 or not hmac.compare_digest(str(hello.get("mac", "")), expected):
         send_message(sock, {"ok": False, "error": "authentication failed"})
         raise WireError("authentication failed (wrong token?)")

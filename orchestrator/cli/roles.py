@@ -23,7 +23,7 @@ def _seconds(text: str) -> float:
 @click.argument("name")
 @click.option("--to-point", default=None, metavar="SNAPSHOT@POINT",
               help="First roll the volume back to this point (application-consistent).")
-@click.option("--latest-point", is_flag=True, help="Roll back to the newest point of the last marker's snapshot.")
+@click.option("--latest-point", is_flag=True, help="Roll back to the point the last applied marker made.")
 @click.option("--force", is_flag=True, help="Fail over a destination that is resynchronising (inconsistent).")
 @json_option
 @pass_target

@@ -30,6 +30,7 @@ class Writer:
         self.api = RemoteNode(side.proc.api, side.proc.token, timeout=30)  # a client of its own: one per thread
         self.volume, self.rng = volume, random.Random(seed)
         self.acked: list[tuple[int, bytes]] = []
+        self.pending: tuple[int, bytes] | None = None  # the write in flight when the node died
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -39,7 +40,8 @@ class Writer:
             try:
                 self.api.write(self.volume, slot * SLOT, data)
             except EngineError:
-                return  # the node died under us: this write may or may not be there
+                self.pending = (slot, data)  # the node died under us: this write may or may not be there
+                return
             self.acked.append((slot, data))
 
 
@@ -101,7 +103,7 @@ def test_failover_after_the_source_is_killed_mid_write(pair, tmp_path):
     assert r["state"] == "promoted" and r["generation"] == 2 and r["point"] is None
     assert r["seconds"] < 2 and r["applied_seq"] > 0 and r["rpo_seconds"] is not None
     dr = read_all(pair.dst.api, "v-dr", SIZE)
-    k = prefix_length(base, w.acked, None, dr)
+    k = prefix_length(base, w.acked, w.pending, dr)
     assert k >= 0, "the promoted volume is not the source after some prefix of its writes"
     assert pair.dst.api.replication.info(aim)["state"] == "promoted"
     assert _metric(pair.dst, "aimsnap_aim_promoted", f'aim_set="{aim}"') == 1.0
@@ -321,3 +323,25 @@ def _try(fn):
         return fn()
     except EngineError as e:
         return e
+
+
+def test_failover_of_a_member_waiting_at_a_group_barrier(pair):
+    """One member's stream waits at the group marker (the other member's is paused): its failover
+    releases the wait at once, the group marker fails saying why, and no applier is left running."""
+    a, b = pair.replicate("v", SIZE), pair.replicate("w", SIZE)
+    pair.dst.api.create_snapshot_set("vw-set", ["v-dr-pit", "w-dr-pit"])
+    pair.src.api.replication.create_group("g", [a, b])
+    pair.src.api.replication.pause(b)
+    pair.wait_state(b, "paused")
+    g = pair.src.api.replication.issue_group_marker("g", "vw-set", "stuck")
+    time.sleep(1)  # v's applier is at the barrier now, waiting for w's
+    t0 = time.monotonic()
+    r = pair.dst.api.replication.failover(a)
+    assert r["state"] == "promoted" and time.monotonic() - t0 < 10
+    m = pair.src.api.replication.wait(g["members"][0]["id"], 3)  # the source, fenced, may never hear
+    pair.dst.api.write("v-dr", 0, b"after the failover" + bytes(SLOT - 18))
+    time.sleep(0.5)
+    assert pair.dst.api.read("v-dr", 0, 18) == b"after the failover"
+    assert m["state"] in ("failed", "issued"), m  # never applied to a promoted volume
+    pair.src.api.replication.resume(b)
+    pair.wait_state(a, "fenced")

@@ -11,6 +11,7 @@ from engine import EngineError
 from engine.client.remote import RemoteNode
 
 from ..aimpair import read_all
+from ..tcpproxy import Proxy
 from ..conftest import FULL
 
 SIZE = 2 << 20
@@ -68,9 +69,17 @@ class Sides:
 def _with_kill(sides: Sides, where: str, call, rng: random.Random) -> str:
     """Run ``call(client)`` on ``where``'s node while one of the two nodes is SIGKILLed at a
     random moment; restart it. 'done', or the reason it failed."""
+    victim = sides.nodes[rng.choice(["src", "dst"])][0]
+    outcome = _with_fault(sides, where, call, rng, victim.kill)
+    victim.start()
+    return outcome
+
+
+def _with_fault(sides: Sides, where: str, call, rng: random.Random, fault, window: float = 0.4) -> str:
+    """Run ``call(client)`` on ``where``'s node with ``fault()`` at a random moment of its first
+    ``window`` seconds."""
     node, _ = sides.nodes[where]
     client = RemoteNode(node.proc.api, node.proc.token, timeout=120)  # its own: the main thread's is not shared
-    victim = sides.nodes[rng.choice(["src", "dst"])][0]
     outcome: list[str] = []
 
     def run() -> None:
@@ -81,12 +90,11 @@ def _with_kill(sides: Sides, where: str, call, rng: random.Random) -> str:
             outcome.append(str(e))
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(rng.uniform(0.0, 0.4))
-    victim.kill()
+    time.sleep(rng.uniform(0.0, window))
+    fault()
     t.join(150)
     client.close()
     assert outcome, "the step hung"
-    victim.start()
     return outcome[0]
 
 
@@ -143,3 +151,34 @@ def test_sigkill_during_failovers_and_failbacks(pair):
         assert sides.info(old)["role"] == "destination" and sides.info(dest)["role"] == "source"
         sides.check_one_writable_per_generation()
         sides.equal()
+
+
+def test_link_cuts_during_switchovers(pair):
+    """The source reaches the destination through a proxy that cuts every connection at a random
+    moment of the switchover (its drain, its verify, its promote request or the answer): the
+    switchover, run again, completes, and nothing acknowledged is lost. The reverse set reaches the
+    old source at the port it announced (no proxy), so each round makes the set anew through it."""
+    proxy = Proxy(pair.dst.proc.aim, seed=31)
+    try:
+        aim = pair.replicate("v", SIZE, to=proxy.address)
+        sides = Sides(pair, aim, seed=32)
+        rng = random.Random(33)
+        for i in range(ROUNDS):
+            if i:
+                pair.src.api.replication.create(aim, "v", f"{proxy.address}/v-dr", pair.dst.proc.token)
+                pair.wait_state(aim, "replicating")
+            sides.write(rng.randrange(5, 40))
+            dropped = proxy.dropped
+            _with_fault(sides, "src", lambda c: c.replication.switchover(aim, 30), rng, proxy.drop, 0.15)
+            assert proxy.dropped == dropped + 1
+            sides.check_one_writable_per_generation()
+            _until_done(sides, "src", lambda c: c.replication.switchover(aim, 30), f"switchover {i}")
+            sides.primary = "dst"
+            sides.equal()
+            _until_done(sides, "dst", lambda c: c.replication.switchover(aim, 30), f"switchover back {i}")
+            sides.primary = "src"
+            sides.check_one_writable_per_generation()
+            sides.equal()
+            pair.src.api.replication.delete(aim)  # releases the destination volume for the next round
+    finally:
+        proxy.close()

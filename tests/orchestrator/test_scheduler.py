@@ -243,3 +243,21 @@ def test_stall_watchdog(tmp_path):
     shown = aimsnap("history", "--db", str(tmp_path / "w.db"), "--events", "--json").json()
     assert [e["kind"] for e in shown] == ["recovered", "stalled"] and shown[1]["details"]["aim_set"] == "a"
     assert "is stalled" in aimsnap("history", "--db", str(tmp_path / "w.db"), "--events").text
+
+
+def test_a_fenced_aim_set_is_an_event_once_and_shows_in_status(tmp_path):
+    from orchestrator.store import Store
+    from orchestrator.schedule.watchdog import Watchdog
+    store = Store(str(tmp_path / "w.db"))
+    reason = "fenced: the destination was promoted at generation 2 on 2026-06-01T00:00:00Z (failover)"
+    state = {"acked_seq": 10, "queued_entries": 3, "state": "fenced", "last_error": reason}
+    dog = Watchdog(store, lambda: [("prod", "a")], lambda n, s: dict(state))
+    t = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    dog.check(t)
+    dog.check(t + timedelta(seconds=30))  # once, not at every look
+    events = list(store.db.query("SELECT kind, message FROM events"))
+    assert [e["kind"] for e in events] == ["aim_fenced"] and reason in events[0]["message"]
+    from ..cli import aimsnap
+    st = aimsnap("status", "--db", str(tmp_path / "w.db"), "--json").json()
+    assert st["fenced"] and reason in st["fenced"][0]
+    assert "FENCED: AIM set a on prod is fenced" in aimsnap("status", "--db", str(tmp_path / "w.db")).text
