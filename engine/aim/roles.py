@@ -17,6 +17,7 @@ drive them. One role change at a time on a node: ``Roles.lock``, before every ot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -169,9 +170,11 @@ class Roles:
                     self._promote(hello, hs, host)
                 else:
                     self._give_back(conn, hello, hs, host)
-            except EngineError as e:
-                log.warning("aim %s: refused a %s request from %s: %s", hello.get("set_name"), op, host, e)
-                hs.refuse(str(e))
+            except (EngineError, OSError) as e:  # the reason, to the peer and the log (the link may be gone)
+                reason = str(e) if isinstance(e, EngineError) else f"{e.strerror or e} on this node"
+                log.warning("aim %s: refused a %s request from %s: %s", hello.get("set_name"), op, host, reason)
+                with contextlib.suppress(OSError):
+                    hs.refuse(reason)
         finally:
             self.lock.release()
 
