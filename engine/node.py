@@ -6,6 +6,9 @@ attaches each AIM set to its source volume as a write observer. The node server
 
 Lock order (every path takes them in this order, never the reverse):
 
+0. ``Roles.lock`` (one role change of an AIM set at a time: failover, failback, switchover, and
+   the peer's half of them); held across their network calls and while they wait for a stream's
+   applier to stop, which never takes it
 1. ``Relationship.enable_lock`` (one enable of a snapshot relationship at a time), by name
 2. ``Storage.lock`` (what exists: volumes, relationships, sets, AIM sets)
 3. ``Volume.lock`` (a volume's write path and observers), several in name order (``barrier``)
@@ -14,7 +17,7 @@ Lock order (every path takes them in this order, never the reverse):
    it reads its base from (a clone of a point observes nothing, so no path takes them the other way)
 4. leaf locks, held for a few statements and never while taking another: ``Meta``'s connection
    lock, ``JournalObserver.cond``, ``Markers.waiters`` and its stamp lock, ``GroupBarriers.cond``,
-   the receiver's stream map, the listener's connection set
+   the receiver's stream map (``Targets.lock``), the listener's connection set
 """
 
 from collections.abc import Callable

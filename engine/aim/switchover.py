@@ -154,7 +154,8 @@ def _final_point(repl: Replication, aim: AimSet, deadline: float) -> dict:
         raise Conflict(f"{st['mismatched_ranges']} range(s) of {aim.name!r} differ between source and destination at "
                        "the final point: nothing changed (aim verify --repair, then switch over again)")
     return {"final_seq": aim.journal.next_seq - 1, "verify": v.id, "bytes_compared": st["bytes_compared"],
-            "digest_bytes": st["digest_bytes"], "digests_equal": True}
+            "digest_bytes": st["digest_bytes"], "source_digest": st["digest"],
+            "destination_digest": st["destination_digest"], "digests_equal": st["digest"] == st["destination_digest"]}
 
 
 def _promote(repl: Replication, aim: AimSet, group: str | None, members: list[str]) -> dict:

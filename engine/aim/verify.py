@@ -73,6 +73,10 @@ def digests(view: Clone, volume: Volume, indexes: list[int] | None = None,
     return out
 
 
+def _whole(found: dict[int, bytes]) -> str:
+    return blake3.blake3(b"".join(found[i] for i in sorted(found))).hexdigest()[:32]
+
+
 def _send(conn: wire.Connection, kind: str, body: dict | None = None, data: bytes = b"") -> None:
     """One message of the verify protocol: a frame (so that data and control share one reader)."""
     payload = json.dumps({"kind": kind, **(body or {})}).encode()
@@ -203,7 +207,9 @@ class Verification:
                 "mismatched_blocks": self._blocks(mismatched, vol), "repaired_ranges": len(mismatched) - len(still),
                 "remaining": [i * RANGE for i in still], "bytes_compared": compared,
                 "range_size": RANGE, "seconds": round(time.time() - self.started_at, 3),
-                "digest_bytes": len(remote) * DIGEST_SIZE, "verified_at": time.time()}
+                "digest_bytes": len(remote) * DIGEST_SIZE, "verified_at": time.time(),
+                # the whole view in one value (BLAKE3 of the ranges' digests, in order): each side's
+                "digest": _whole(local), "destination_digest": _whole(remote)}
 
     def _abort(self) -> None:
         """Best effort: the destination drops its view of this verify (if it made one, and is

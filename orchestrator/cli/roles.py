@@ -106,5 +106,6 @@ def aim_switchover(target: Target, name: str | None, group: str | None, timeout:
                    f"(generation {s['generation']})")
         click.echo(f"  final point:    seq {s['final_seq']}; both sides equal ({s.get('bytes_compared', 0)} bytes "
                    f"compared by digest)")
+        click.echo(f"  digests:        source {s.get('source_digest')}, destination {s.get('destination_digest')}")
     if not r.get("already"):
         click.echo(f"  took:           {r['seconds']} s")

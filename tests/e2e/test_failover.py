@@ -271,6 +271,7 @@ def test_switchover_and_back_under_a_workload_with_markers(pair, tmp_path):
 
     so = pair.src.api.replication.switchover(aim, 60)["aim_sets"][0]
     assert so["digests_equal"] and so["generation"] == 2 and so["bytes_compared"] == SIZE
+    assert so["source_digest"] == so["destination_digest"] and len(so["source_digest"]) == 32
     assert pair.src.api.replication.info(aim)["role"] == "destination"
     assert pair.dst.api.replication.info(aim)["role"] == "source"
     _wait(lambda: w.volume == "v-dr" and len(w.acked) > 250, what="the writer did not move to the new primary")

@@ -182,3 +182,33 @@ def test_link_cuts_during_switchovers(pair):
             pair.src.api.replication.delete(aim)  # releases the destination volume for the next round
     finally:
         proxy.close()
+
+
+def test_link_cuts_during_failbacks(pair):
+    """The failback reaches the old source through a proxy (``--source``) that cuts every
+    connection at a random moment (its request, the divergent blocks' answer, the reverse resync):
+    run again, it completes, and the two sides are equal."""
+    proxy = Proxy(pair.src.proc.aim, seed=41)
+    try:
+        aim = pair.replicate("v", SIZE)
+        sides = Sides(pair, aim, seed=42)
+        rng = random.Random(43)
+        for i in range(ROUNDS):
+            sides.write(rng.randrange(5, 40))
+            sides.caught_up()
+            _until_done(sides, "dst", lambda c: c.replication.failover(aim), f"failover {i}")
+            sides.primary = "dst"
+            sides.model = bytearray(read_all(pair.dst.api, "v-dr", SIZE))
+            sides.write(rng.randrange(5, 40))
+            dropped = proxy.dropped
+            _with_fault(sides, "dst", lambda c: c.replication.failback(aim, proxy.address), rng, proxy.drop, 0.15)
+            assert proxy.dropped == dropped + 1
+            _until_done(sides, "dst", lambda c: c.replication.failback(aim, proxy.address), f"failback {i}")
+            sides.check_one_writable_per_generation()
+            sides.equal()
+            _until_done(sides, "dst", lambda c: c.replication.switchover(aim, 30), f"switchover back {i}")
+            sides.primary = "src"
+            sides.check_one_writable_per_generation()
+            sides.equal()
+    finally:
+        proxy.close()
