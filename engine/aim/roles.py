@@ -86,7 +86,8 @@ class Roles:
             make_dir(d)
             write_new(os.path.join(d, "dest.token"), token.encode())
             record = Record(t.set_name, t.set_id, vol.name, host, port, dest_volume,
-                            journal_limit or DEFAULT_JOURNAL_LIMIT, False, iso(storage.clock()), generation=t.generation)
+                            journal_limit or DEFAULT_JOURNAL_LIMIT, False, iso(storage.clock()),
+                            generation=t.generation)
             with vol.lock:  # no write lands between the change map's last bit and the journal's first entry
                 change = repl.targets.changes.get(t.set_id)
                 maps = [m for m in (change.bitmap.bits if change else None, extra) if m is not None]

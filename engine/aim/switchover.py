@@ -145,7 +145,7 @@ def _final_point(repl: Replication, aim: AimSet, deadline: float) -> dict:
             raise EngineError(f"AIM set {aim.name!r} did not drain in time ({aim.state.value}, "
                               f"{aim.journal.next_seq - 1 - aim.record.acked_seq} entries queued): nothing changed")
         time.sleep(0.02)
-    v = Verification(aim, repl.storage, False, lambda status: None)
+    v = Verification(aim, repl.storage, False, lambda status: None, max(1.0, deadline - time.monotonic()))
     v.run()  # a verify marker, then digests of both sides' frozen views at it
     if v.state != "done":
         raise EngineError(f"the final verify of {aim.name!r} failed: {v.error}: nothing changed")

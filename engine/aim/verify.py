@@ -126,8 +126,12 @@ def _recv_digests(conn: wire.Connection) -> dict[int, bytes]:
 class Verification:
     """One verify of an AIM set, on a thread of its own; :meth:`status` says how far it is."""
 
-    def __init__(self, aim: AimSet, storage: Storage, repair: bool, on_done: Callable[[dict], None]) -> None:
+    def __init__(self, aim: AimSet, storage: Storage, repair: bool, on_done: Callable[[dict], None],
+                 reach_timeout: float = REACH_TIMEOUT) -> None:
+        """``reach_timeout``: how long the destination may take to reach the verify point (a
+        switchover's final verify gets what is left of its own timeout)."""
         self.aim, self.storage, self.repair, self.on_done = aim, storage, repair, on_done
+        self.reach_timeout = reach_timeout
         self.id = uuid.uuid4().hex[:12]
         self.state, self.error, self.result = "running", None, None
         self.started_at = time.time()
@@ -245,7 +249,7 @@ class Verification:
             self.thread.join(timeout)
 
     def _wait_reached(self, seq: int, epoch: int) -> None:
-        aim, deadline = self.aim, time.monotonic() + REACH_TIMEOUT
+        aim, deadline = self.aim, time.monotonic() + self.reach_timeout
         while True:
             if aim.observer.epoch != epoch or aim.record.overflowed or aim.record.resync_from is not None:
                 raise Conflict(f"AIM set {aim.name!r} went over its journal limit or resynchronised before the "
@@ -255,7 +259,8 @@ class Verification:
             if aim.closing or self.cancelled.is_set():
                 raise EngineError("the node is stopping")
             if time.monotonic() > deadline:
-                raise EngineError(f"the destination did not reach the verify point within {REACH_TIMEOUT:.0f}s: "
+                raise EngineError(f"the destination did not reach the verify point within "
+                                  f"{self.reach_timeout:.0f}s: "
                                   f"is AIM set {aim.name!r} replicating? ({aim.state.value})")
             time.sleep(0.05)
 

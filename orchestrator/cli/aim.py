@@ -13,7 +13,8 @@ from ..nodes import read_file, read_token
 from .storage import Target, json_option, pass_target
 from .output import print_fields, print_json, print_table
 
-AIM_COLUMNS = [("name", "NAME"), ("role", "ROLE"), ("generation", "GEN"), ("state", "STATE"), ("source", "SOURCE"), ("destination", "DESTINATION"),
+AIM_COLUMNS = [("name", "NAME"), ("role", "ROLE"), ("generation", "GEN"), ("state", "STATE"), ("source", "SOURCE"),
+               ("destination", "DESTINATION"),
                ("queued_bytes", "QUEUED BYTES"), ("lag_seconds", "LAG S"), ("bytes_written", "WRITTEN"),
                ("bytes_sent", "SENT"), ("overflowed", "OVERFLOWED")]
 MARKER_COLUMNS = [("id", "ID"), ("aim_set", "AIM SET"), ("group_name", "GROUP"), ("state", "STATE"),

@@ -16,7 +16,8 @@ from .output import print_json, print_table
 from .run import db_option, json_option
 
 files_argument = click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-plan_option = click.option("--plan", "plan_name", required=True, help="The recovery plan (policy files: recovery_plans).")
+plan_option = click.option("--plan", "plan_name", required=True,
+                           help="The recovery plan (policy files: recovery_plans).")
 
 
 def _run(files: tuple[str, ...], plan_name: str, db: str, verb: Callable[[PlanRun], dict], as_json: bool) -> int:
