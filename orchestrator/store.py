@@ -42,6 +42,13 @@ MIGRATIONS = [
     CREATE TABLE service (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE requests (id INTEGER PRIMARY KEY, policy TEXT NOT NULL, at TEXT NOT NULL, taken_at TEXT);
     """,
+    """
+    CREATE TABLE alerts (key TEXT PRIMARY KEY, rule TEXT NOT NULL, fired_at TEXT NOT NULL,
+        details TEXT NOT NULL DEFAULT '{}', sent TEXT NOT NULL DEFAULT '{}');
+    """,
+    """
+    ALTER TABLE schedule ADD COLUMN rpo_objective REAL;
+    """,
 ]
 
 
@@ -220,8 +227,9 @@ class Store:
         """The running orchestrator's jobs and their next fire times (what `status` shows)."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM schedule")
-            conn.executemany("INSERT INTO schedule VALUES (?,?,?,?,?)",
-                             [(r["policy"], r["kind"], r["trigger"], r["next_fire"], iso(now)) for r in rows])
+            conn.executemany("INSERT INTO schedule VALUES (?,?,?,?,?,?)",
+                             [(r["policy"], r["kind"], r["trigger"], r["next_fire"], iso(now), r.get("rpo_objective"))
+                              for r in rows])
 
     def schedule(self) -> list[dict]:
         return list(self.db.query("SELECT * FROM schedule ORDER BY policy"))
@@ -248,13 +256,27 @@ class Store:
                                   "ORDER BY issued_at DESC LIMIT 1", [policy]))
         return rows[0] if rows else None
 
+    # -- open alerts (orchestrator.alerts) --------------------------------------------------------------
+    def open_alerts(self) -> dict[str, dict]:
+        """Alerts firing now, by key: rule, fired_at, details, and when each receiver was last told."""
+        return {r["key"]: {**r, "details": json.loads(r["details"]), "sent": json.loads(r["sent"])}
+                for r in self.db.query("SELECT * FROM alerts")}
+
+    def save_alert(self, key: str, rule: str, fired_at: str, details: dict, sent: dict) -> None:
+        self._write("INSERT OR REPLACE INTO alerts (key, rule, fired_at, details, sent) VALUES (?,?,?,?,?)",
+                    (key, rule, fired_at, json.dumps(details, default=str), json.dumps(sent)))
+
+    def close_alert(self, key: str) -> None:
+        self._write("DELETE FROM alerts WHERE key=?", (key,))
+
     # -- summaries (status, metrics, the report and the demo read these) ------------------------------
     def run_counts(self) -> list[dict]:
         """Runs by policy and status: ``{"policy", "status", "n"}``."""
         return list(self.db.query("SELECT policy, status, COUNT(*) AS n FROM runs GROUP BY policy, status"))
 
     def last_finished_run(self, policy: str) -> dict | None:
-        rows = list(self.db.query("SELECT started_at, finished_at FROM runs WHERE policy=? AND finished_at IS NOT "
+        rows = list(self.db.query("SELECT id, status, error, started_at, finished_at FROM runs WHERE policy=? AND "
+                                  "finished_at IS NOT "
                                   "NULL AND status IN ('ok','failed','timeout') ORDER BY id DESC LIMIT 1", [policy]))
         return rows[0] if rows else None
 

@@ -72,12 +72,39 @@ class Policy:
     verify: bool = False  # dr-test: first a block-exact verify of the AIM sets feeding it
     check_run: tuple[str, ...] = ()  # dr-test: the operator's check, against the clone
     check_timeout: float = 900.0
+    rpo_objective: float | None = None  # seconds the newest recovery point may age (an alert past it)
 
     @property
     def label(self) -> str:
         """What its markers carry: the destination names each point LABEL.TIMESTAMP, which is how
         retention knows the points this policy made (and touches no other)."""
         return self.marker_label or self.name
+
+
+RULES = ("rpo_breached", "run_failed", "aim_stalled", "aim_error", "dr_test_failed", "fenced")
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """Where alerts go: ``kind`` webhook or email, ``spec`` as written (its files made absolute)."""
+
+    name: str
+    kind: str
+    spec: dict
+    where: Where
+
+
+@dataclass(frozen=True)
+class Route:
+    receiver: str
+    on: tuple[str, ...]  # RULES
+    repeat: float | None  # seconds between reminders while it fires; None: once
+
+
+@dataclass
+class Alerting:
+    receivers: dict[str, Receiver] = field(default_factory=dict)
+    routes: list[Route] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,7 @@ class Bundle:
     resources: dict[tuple[str, str, str], Resource] = field(default_factory=dict)  # (kind, node, name)
     policies: list[Policy] = field(default_factory=list)
     plans: list[RecoveryPlan] = field(default_factory=list)
+    alerting: Alerting = field(default_factory=Alerting)
     warnings: list = field(default_factory=list)
 
     def resource(self, kind: str, node: str, name: str) -> Resource | None:

@@ -14,6 +14,7 @@ from .durations import DurationError, parse_duration
 from .errors import PolicyError, Problem, json_path
 from .loader import Document, load_file
 from .model import Bundle, NodeSpec, Policy, Resource, Retain
+from .alerting import POINT_KINDS, check_alerts, check_objective
 from .plans import check_plans
 from .items import dates, feeding_aim_sets, mapping, parse_window, resource_items, sequence, size_of, size_text
 from .schema import schema_problems
@@ -71,6 +72,7 @@ def _check(files: list[str]) -> tuple[Bundle, list[Problem]]:
     for doc, schema_ok in docs:  # references are checked everywhere; the model is built from valid files
         checker.policies(doc, build=schema_ok)
         check_plans(checker, doc, build=schema_ok)
+        check_alerts(checker, doc, build=schema_ok)
     return bundle, sorted(set(problems))
 
 
@@ -149,10 +151,10 @@ class _Semantics:
             if kind == "snapshot":
                 self._ref(doc, p + ("source",), ("volume", "snapshot"), node, item.get("source"), "volume")
             elif kind == "snapshot_set":
-                for j, m in enumerate(item.get("members") or []):
+                for j, m in enumerate(sequence(item.get("members"))):
                     self._ref(doc, p + ("members", j), ("snapshot",), node, m, "snapshot")
             elif kind == "group":
-                for j, m in enumerate(item.get("members") or []):
+                for j, m in enumerate(sequence(item.get("members"))):
                     self._ref(doc, p + ("members", j), ("aim_set",), node, m, "AIM set")
             elif kind == "aim_set":
                 src = self._ref(doc, p + ("source",), ("volume", "snapshot"), node, item.get("source"), "volume")
@@ -241,7 +243,7 @@ class _Semantics:
             self.err(doc, p + ("window",), f"invalid window {item['window']!r}: write HH:MM-HH:MM with different times")
             ok = False
         blackout = []
-        for j, text in enumerate(item.get("blackout") or []):
+        for j, text in enumerate(sequence(item.get("blackout"))):
             span = dates(str(text))
             if span is None:
                 self.err(doc, p + ("blackout", j), f"invalid blackout {text!r}: write YYYY-MM-DD or "
@@ -283,6 +285,7 @@ class _Semantics:
             key = next(k for k in ("check", "verify", "snapshot_set") if k in item)
             self.err(doc, p + (key,), f"`{key}` is for dr-test policies, not {kind}", key=True)
             ok = False
+        check_objective(self, doc, p, item, kind)
         misfire = {**mapping(defaults.get("misfire")), **mapping(item.get("misfire"))}
         retries = {**mapping(defaults.get("retries")), **mapping(item.get("retries"))}
         quiesce = mapping(item.get("quiesce"))
@@ -308,7 +311,9 @@ class _Semantics:
             snapshot_set=item.get("snapshot_set"), verify=bool(item.get("verify", False)),
             check_run=tuple(mapping(item.get("check")).get("run") or ()),
             check_timeout=self._duration(doc, p + ("check", "timeout"), mapping(item.get("check")).get("timeout"),
-                                         "15m"))
+                                         "15m"),
+            rpo_objective=self._duration(doc, p + ("rpo_objective",), item.get("rpo_objective"),
+                                         defaults.get("rpo_objective")) or None if kind in POINT_KINDS else None)
 
     def _dr_test(self, doc: Document, p: tuple, item: dict, node: str) -> bool:
         """A dr-test names the points it tests (a differential snapshot, or a snapshot set, on its

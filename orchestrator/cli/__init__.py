@@ -13,7 +13,7 @@ import click
 from engine import EngineError
 from policies.errors import PolicyError
 
-from . import aim, demo, node, plans, policy, recovery, roles, run, storage  # noqa: F401 - roles adds aim verbs
+from . import aim, alerts, demo, node, plans, policy, recovery, roles, run, storage  # noqa: F401 - roles adds aim verbs
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -32,8 +32,8 @@ def cli(ctx: click.Context, root: str, node_url: str | None, token_file: str | N
     ctx.obj = storage.Target(root=root, node_url=node_url, token_file=token_file)
 
 
-for command in (*storage.COMMANDS, *recovery.COMMANDS, *aim.COMMANDS, *plans.COMMANDS, *policy.COMMANDS,
-                *run.COMMANDS, node.node, demo.demo, demo.demo_quiesce, demo.demo_check):
+for command in (*storage.COMMANDS, *recovery.COMMANDS, *aim.COMMANDS, *plans.COMMANDS, *alerts.COMMANDS,
+                *policy.COMMANDS, *run.COMMANDS, node.node, demo.demo, demo.demo_quiesce, demo.demo_check):
     cli.add_command(command)
 
 

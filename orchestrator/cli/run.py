@@ -21,6 +21,7 @@ db_option = click.option("--db", default="./aimsnap.db", show_default=True, type
                          help="The SQLite outcome store.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 HEARTBEAT_FRESH = 10.0
+WATCH_SECONDS = 5.0  # how often the watchdog looks at the AIM sets and the alerts are evaluated
 
 
 class _JsonLog(logging.Formatter):
@@ -39,6 +40,7 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
     """Run the policies until SIGTERM (SIGHUP, or `aimsnap reload`, re-reads the files)."""
     from ..metrics import serve_metrics
     from ..schedule.service import Orchestrator
+    from ..alerts import Alerts, Delivery, conditions
     from ..schedule.watchdog import Watchdog
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonLog() if log_json else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -56,6 +58,8 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
                    lambda node, name: orch.runner.nodes(node).replication.info(name), stall)
     if metrics_addr:
         serve_metrics(metrics_addr, orch.store, dog)
+    delivery = Delivery(orch.store, lambda: datetime.now(timezone.utc))
+    alerting = Alerts(orch.store, lambda: orch.bundle.alerting, delivery)
     orch.start()
     logging.getLogger("aimsnap.scheduler").info("running %d job(s) from %s; outcomes in %s", len(orch.jobs),
                                                 ", ".join(files), os.path.abspath(db))
@@ -68,13 +72,22 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
             orch.reload()
         for name in orch.store.take_requests(now):
             orch.request(name)
-        if time.monotonic() - last_dog >= 10:
+        if time.monotonic() - last_dog >= WATCH_SECONDS:
             last_dog = time.monotonic()
             dog.check(now)
+            try:
+                alerting.evaluate(now, conditions(now, orch.bundle, orch.store, dog))
+            except Exception:  # noqa: BLE001 - an alert's fault must not stop the runs; said, tried again
+                logging.getLogger("aimsnap.alerts").exception("evaluating alerts failed")
     logging.getLogger("aimsnap.scheduler").info("stopping: waiting for runs in progress")
     orch.shutdown(wait=True)
+    delivery.close()
     orch.store.set_service(heartbeat="")
     return 0
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
 
 
 def _service_alive(store: Store) -> dict | None:
@@ -96,7 +109,9 @@ def _open(db: str) -> Store:
 @db_option
 @json_option
 def status(db: str, as_json: bool) -> None:
-    """Per policy: last run, next fire, newest recovery point and its age (the RPO), failures."""
+    """Per policy: last run, next fire, newest recovery point and its age (the RPO) against its
+    objective, failures."""
+    from ..alerts.conditions import rpo_state
     store = _open(db)
     now = datetime.now(timezone.utc)
     rows = []
@@ -114,6 +129,9 @@ def status(db: str, as_json: bool) -> None:
                      "last_status": last and last["status"], "last_started_at": last and last["started_at"],
                      "last_error": last and last["error"], "recovery_point": point and point["point"],
                      "recovery_point_at": point and point["issued_at"], "rpo_seconds": rpo and round(rpo, 1),
+                     "rpo_objective_seconds": sched["rpo_objective"],
+                     "rpo_breached": rpo_state(now, store, name, sched["rpo_objective"])[2]
+                     if sched["rpo_objective"] else None,
                      "consecutive_failures": store.consecutive_failures(name), "last_test": tested})
     problems = store.aim_problems()
     stalled = [p["message"] for p in problems if p["kind"] == "stalled"]
@@ -125,9 +143,16 @@ def status(db: str, as_json: bool) -> None:
                     "orchestrator": "running" if alive else "not running"})
         return
     click.echo(f"orchestrator: {'running (pid ' + alive['pid'] + ')' if alive else 'not running'}")
+    for r in rows:  # coloured for people (rich markup), plain in --json
+        if r["rpo_objective_seconds"]:
+            colour = "red" if r["rpo_breached"] else "green"
+            r["rpo_shown"] = f"[{colour}]{_num(r['rpo_seconds'])} / {r['rpo_objective_seconds']:g}[/{colour}]"
+        else:
+            r["rpo_shown"] = _num(r["rpo_seconds"])
     print_table(rows, [("policy", "POLICY"), ("last_status", "LAST"), ("last_started_at", "AT"),
-                       ("next_fire", "NEXT"), ("recovery_point_at", "RECOVERY POINT"), ("rpo_seconds", "RPO S"),
-                       ("consecutive_failures", "FAILURES")], empty="no policies scheduled")
+                       ("next_fire", "NEXT"), ("recovery_point_at", "RECOVERY POINT"),
+                       ("rpo_shown", "RPO S / OBJECTIVE"), ("consecutive_failures", "FAILURES")],
+                empty="no policies scheduled")
     for r in rows:
         if r["last_test"]:
             t = r["last_test"]

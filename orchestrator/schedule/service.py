@@ -246,7 +246,7 @@ class Orchestrator:
             job = self.scheduler.get_job(job_id)
             nxt = job.next_run_time if job else None
             rows.append({"policy": spec.name, "kind": spec.action, "trigger": str(spec.trigger),
-                         "next_fire": nxt and iso(nxt)})
+                         "next_fire": nxt and iso(nxt), "rpo_objective": spec.policy.rpo_objective})
         self.store.set_schedule(rows, self.clock())
 
     def catch_up(self, now: datetime) -> None:

@@ -22,6 +22,7 @@ class Watchdog:
         self.seen: dict[tuple[str, str], tuple[int, datetime]] = {}  # (node, set) -> (acked, since)
         self.stalled: set[tuple[str, str]] = set()
         self.errors: dict[tuple[str, str], str] = {}  # (node, set) -> the reason reported
+        self.states: dict[tuple[str, str], str] = {}  # (node, set) -> error | fenced, while reported
 
     def check(self, now: datetime) -> set[tuple[str, str]]:
         for key in self.aim_sets():
@@ -48,10 +49,15 @@ class Watchdog:
                 self.store.event(now, "stalled", msg, details={"node": node, "aim_set": name, "queued": queued})
         return set(self.stalled)
 
+    def problems(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(state, reason) of every AIM set in state error or fenced now (the alert conditions)."""
+        return {k: (self.states.get(k, "error"), r) for k, r in self.errors.items()}
+
     def _error(self, key: tuple[str, str], info: dict, now: datetime) -> None:
         node, name = key
         if info.get("state") in ("error", "fenced"):
             reason = info.get("last_error") or "unknown"
+            self.states[key] = info["state"]
             if self.errors.get(key) != reason:
                 self.errors[key] = reason
                 fenced = info["state"] == "fenced"
@@ -62,5 +68,6 @@ class Watchdog:
                                  details={"node": node, "aim_set": name, "reason": reason})
         elif key in self.errors and info.get("state") == "replicating":
             del self.errors[key]
+            self.states.pop(key, None)
             self.store.event(now, "recovered", f"AIM set {name} on {node} replicates again",
                              details={"node": node, "aim_set": name})

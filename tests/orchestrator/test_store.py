@@ -1,7 +1,7 @@
 import threading
 from datetime import datetime, timedelta, timezone
 
-from orchestrator.store import Store
+from orchestrator.store import MIGRATIONS, Store
 
 T = datetime(2026, 11, 29, 3, 0, tzinfo=timezone.utc)
 
@@ -32,7 +32,7 @@ def test_interrupted_and_reopen_migrates_once(tmp_path):
     s2 = Store(path)  # a restarted orchestrator
     assert s2.interrupt_running(T + timedelta(minutes=1)) == 1
     assert s2.history("p")[0]["status"] == "interrupted"
-    assert s2.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert s2.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert s2.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 

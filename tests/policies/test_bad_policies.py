@@ -34,6 +34,8 @@ policies:
 
 
 DR_TEST = "  - name: t1\n    kind: dr-test\n    node: dr\n    snapshot: db01-dr-pit\n    every: 1h\n"  # lines 22-26
+ALERTS = ('alerts:\n  receivers:\n    - {name: hook, webhook: {url: "http://h.example/x"}}\n  routes:\n'
+          '    - {receiver: hook, on: [run_failed]}\n')  # lines 22-26
 PLAN = "recovery_plans:\n  - name: site\n    node: dr\n    members: [{aim_set: db01-aim}]\n"  # lines 22-25
 
 
@@ -113,6 +115,17 @@ CASES = [
     (BASE + DR_TEST.replace("db01-dr-pit", "nope"), 25, 15, "unknown snapshot 'nope'"),
     (BASE + DR_TEST + "    check: {run: []}\n", 27, 18, "expected at least 1 item(s), got 0"),
     (variant("    every: 15m", "    every: 15m\n    check: {run: [/bin/true]}"), 21, 5, "`check` is for dr-test policies"),
+    # alerts and objectives
+    (BASE + ALERTS.replace("{receiver: hook", "{receiver: nope"), 26, 18, "unknown receiver 'nope'"),
+    (BASE + ALERTS.replace("[run_failed]", "[run_faild]"), 26, 29, "is not one of"),
+    (BASE + ALERTS.replace('url: "http://h.example/x"', 'url: "ftp://h"'), 24, 35, "expected an http(s) URL"),
+    (BASE + ALERTS.replace("  routes:", "    - {name: hook, webhook: {url: \"http://x/y\"}}\n  routes:"), 25, 14,
+     "receiver 'hook' is declared twice"),
+    (BASE + ALERTS.replace('webhook: {url: "http://h.example/x"}', 'email: {smtp: "m:25", from: a@b, to: [c@d], '
+                                                                    'user_file: u}'), 24, 27, "both `user_file`"),
+    (BASE + ALERTS.replace("{name: hook, webhook", "{name: hook, kind: x, webhook"), 24, 7, "exactly one of"),
+    (BASE + DR_TEST + "    rpo_objective: 30m\n", 27, 5, "a dr-test policy makes no recovery points"),
+    (variant("    every: 15m", "    every: 15m\n    rpo_objective: soon"), 21, 20, "invalid value 'soon'"),
     # recovery plans
     (BASE + PLAN.replace("{aim_set: db01-aim}", "{aim_set: nope}"), 25, 25, "unknown AIM set 'nope'"),
     (BASE + PLAN.replace("{aim_set: db01-aim}", "{group: nope}"), 25, 23, "unknown group 'nope'"),

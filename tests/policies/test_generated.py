@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 import policies
 from orchestrator.schedule.compile import compile_jobs
 from policies.errors import PolicyError
+from policies.loader import load_file
 from policies.validate import check
 
 from ..cli import aimsnap
 
 EXAMPLES = sorted((Path(policies.__file__).parent / "examples").glob("*.yaml"))
-DOCS = {p.name: yaml.safe_load(p.read_text()) for p in EXAMPLES}
+# read as aimsnap reads them: mapping keys are strings (plain YAML 1.1 would make `on:` the boolean True)
+DOCS = {p.name: load_file(str(p))[0].data for p in EXAMPLES}
 ODD = [0, -1, -10**6, 10**30, 2**63, 1.5, -0.0, float("inf"), True, False, None, "", " ", "0", "-5m", "0s",
        "1e309", "99999999999999d", "15", "15x", "24:00-25:00", "* * * * * *", "H H H H H", "☃ ünïcødé",
        "x" * 300, "../../etc/passwd", "a:b", "\x00", "\ud7ff", [], [None], {}, {"": 1}, {"x": {"y": []}},
