@@ -25,31 +25,41 @@ BACKOFF = (1.0, 4.0, 15.0, 60.0)
 
 
 class Delivery:
-    """Sends notifications on a thread of its own, each retried with backoff; records every outcome.
-    :meth:`submit` never blocks (a receiver that is down must not slow a run or the engine)."""
+    """Sends notifications, each retried with backoff, on a thread per receiver (one that is down
+    delays only its own messages, in order); records every outcome. :meth:`submit` never blocks: a
+    receiver that is down must not slow a run or the engine."""
 
     def __init__(self, store: Store, clock: Callable[[], datetime], *, sleep: Callable[[float], None] = time.sleep,
                  inline: bool = False) -> None:
         self.store, self.clock, self.sleep, self.inline = store, clock, sleep, inline
-        self.queue: queue.Queue[tuple[Receiver, dict] | None] = queue.Queue()
-        self.thread: threading.Thread | None = None
+        self.workers: dict[str, tuple[queue.Queue, threading.Thread]] = {}
+        self.lock = threading.Lock()
 
     def submit(self, receiver: Receiver, n: dict) -> None:
         if self.inline:
             self.deliver(receiver, n)
             return
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._loop, name="alert-delivery", daemon=True)
-            self.thread.start()
-        self.queue.put((receiver, n))
+        with self.lock:
+            if receiver.name not in self.workers:
+                q: queue.Queue[tuple[Receiver, dict] | None] = queue.Queue()
+                t = threading.Thread(target=self._loop, args=(q,), name=f"alerts-{receiver.name}", daemon=True)
+                self.workers[receiver.name] = (q, t)
+                t.start()
+            self.workers[receiver.name][0].put((receiver, n))
 
     def close(self, timeout: float = 10.0) -> None:
-        if self.thread is not None:
-            self.queue.put(None)
-            self.thread.join(timeout)
+        """Deliver what is queued, waiting at most ``timeout`` seconds in all (then give up: daemons)."""
+        with self.lock:
+            workers = list(self.workers.values())
+            self.workers = {}
+        for q, _t in workers:
+            q.put(None)
+        deadline = time.monotonic() + timeout
+        for _q, t in workers:
+            t.join(max(0.0, deadline - time.monotonic()))
 
-    def _loop(self) -> None:
-        while (item := self.queue.get()) is not None:
+    def _loop(self, q: queue.Queue) -> None:
+        while (item := q.get()) is not None:
             self.deliver(*item)
 
     def deliver(self, receiver: Receiver, n: dict, attempts: int = ATTEMPTS) -> bool:

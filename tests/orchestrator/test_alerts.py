@@ -4,12 +4,9 @@ reminders only as a route's `repeat` allows; Alertmanager's format; a receiver t
 retried with backoff on a thread of its own (the caller never waits) and the outcome recorded;
 the conditions read from the outcome store; `aimsnap alerts test`."""
 
-import json
-import socket
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -18,32 +15,9 @@ from orchestrator.store import Store, iso
 from policies.validate import load_policies
 
 from ..cli import aimsnap
+from ..receivers import Hook, smtp_server
 
 T0 = datetime(2026, 12, 1, 3, 0, tzinfo=timezone.utc)
-
-
-class Hook:
-    """A webhook receiver: every POST's path, headers and JSON body."""
-
-    def __init__(self) -> None:
-        got = self.got = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                got.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": json.loads(body)})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
@@ -55,24 +29,8 @@ def hook():
 
 @pytest.fixture
 def smtp():
-    from aiosmtpd.controller import Controller
-
-    class Collect:
-        def __init__(self) -> None:
-            self.mail = []
-
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
-            self.mail.append(envelope)
-            return "250 OK"
-    handler = Collect()
-    with socket.socket() as free:  # aiosmtpd checks it serves by connecting to its port: it needs the number
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    c = Controller(handler, hostname="127.0.0.1", port=port)
-    c.start()
-    handler.address = f"127.0.0.1:{port}"
-    yield handler
-    c.stop()
+    with smtp_server() as server:
+        yield server
 
 
 def policy_file(tmp_path, hook_url: str, smtp_addr: str, extra_receivers: str = "", extra_routes: str = "") -> str:
@@ -174,11 +132,22 @@ def test_a_receiver_that_is_down_is_retried_on_its_own_thread(tmp_path, smtp):
     bundle = _bundle(policy_file(tmp_path, "http://127.0.0.1:9/down", smtp.address))
     store = Store(str(tmp_path / "o.db"))
     waits: list[float] = []
-    delivery = Delivery(store, lambda: T0, sleep=waits.append)
+    release = threading.Event()
+
+    def sleep(seconds: float) -> None:  # the backoff, held until the other receiver was served
+        waits.append(seconds)
+        release.wait(10)
+    delivery = Delivery(store, lambda: T0, sleep=sleep)
     alerts = Alerts(store, lambda: bundle.alerting, delivery)
     t = time.monotonic()
     alerts.evaluate(T0, {RPO.key: RPO})
     assert time.monotonic() - t < 0.5  # the caller (a run, the engine) never waits for a receiver
+    deadline = time.monotonic() + 10
+    while not smtp.mail:  # the mail goes out while the webhook waits out its backoff
+        assert time.monotonic() < deadline, "a receiver that is down held up the others"
+        time.sleep(0.05)
+    assert waits == [1.0]
+    release.set()
     delivery.close()
     assert waits == [1.0, 4.0, 15.0, 60.0]  # the backoff between the five attempts
     results = {e["details"]["receiver"]: e["details"] for e in store.events() if e["kind"] == "alert-delivery"}
