@@ -52,8 +52,12 @@ class _Collector:
         yield stalled
 
 
+def registry(store: Store, watchdog) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    reg.register(_Collector(Store(store.path), watchdog))
+    return reg
+
+
 def serve_metrics(addr: str, store: Store, watchdog) -> None:
     host, _, port = addr.rpartition(":")
-    registry = CollectorRegistry()
-    registry.register(_Collector(Store(store.path), watchdog))
-    start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+    start_http_server(int(port), addr=host or "127.0.0.1", registry=registry(store, watchdog))

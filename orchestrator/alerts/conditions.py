@@ -34,7 +34,7 @@ def conditions(now: datetime, bundle: Bundle, store: Store, watchdog=None) -> di
         last = store.last_finished_run(p.name)  # a run in progress neither fails nor clears it
         if last and last["status"] in ("failed", "timeout"):
             rule = "dr_test_failed" if p.kind == "dr-test" else "run_failed"
-            out.append(Condition(rule, f"{rule}:{p.name}", f"policy {p.name}: the last run {last['status']}: "
+            out.append(Condition(rule, f"{rule}:{p.name}", f"policy {p.name}: the last run {'timed out' if last['status'] == 'timeout' else 'failed'}: "
                                  f"{last['error'] or 'no reason recorded'}", p.name, p.node, p.aim_set,
                                  {"run": last["id"], "status": last["status"], "last_error": last["error"],
                                   "consecutive_failures": store.consecutive_failures(p.name)}))

@@ -15,12 +15,12 @@ from engine import InvalidInput
 from policies.durations import DurationError, parse_duration
 
 from .output import print_json, print_table
-from ..store import Store, iso, parse_iso
+from ..nodes import read_token
+from ..store import Store, iso
 
 db_option = click.option("--db", default="./aimsnap.db", show_default=True, type=click.Path(dir_okay=False),
                          help="The SQLite outcome store.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-HEARTBEAT_FRESH = 10.0
 WATCH_SECONDS = 5.0  # how often the watchdog looks at the AIM sets and the alerts are evaluated
 
 
@@ -36,7 +36,12 @@ class _JsonLog(logging.Formatter):
 @click.option("--log-json", is_flag=True, help="One JSON object per log line.")
 @click.option("--stall-after", default="5m", show_default=True, help="Report an AIM set stalled after this long.")
 @click.option("--metrics", "metrics_addr", default=None, metavar="HOST:PORT", help="Serve Prometheus metrics here.")
-def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metrics_addr: str | None) -> int:
+@click.option("--http", "http_addr", default=None, metavar="HOST:PORT",
+              help="Serve the live status page here (/, /api/status, /metrics, /healthz).")
+@click.option("--http-token-file", default=None, type=click.Path(dir_okay=False),
+              help="With --http: every request needs this bearer token (or ?token=).")
+def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metrics_addr: str | None,
+        http_addr: str | None, http_token_file: str | None) -> int:
     """Run the policies until SIGTERM (SIGHUP, or `aimsnap reload`, re-reads the files)."""
     from ..metrics import serve_metrics
     from ..schedule.service import Orchestrator
@@ -58,6 +63,18 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
                    lambda node, name: orch.runner.nodes(node).replication.info(name), stall)
     if metrics_addr:
         serve_metrics(metrics_addr, orch.store, dog)
+    page = None
+    if http_addr:
+        from ..statuspage import StatusPage
+        host, sep, port = http_addr.rpartition(":")
+        if not sep or not port.isdigit():
+            raise InvalidInput(f"invalid --http address {http_addr!r}: write HOST:PORT, e.g. 127.0.0.1:9411")
+        try:
+            page = StatusPage(http_addr, orch.store, dog, read_token(http_token_file) if http_token_file else None)
+        except OSError as e:
+            raise InvalidInput(f"cannot serve the status page on {http_addr}: {e.strerror or e}") from None
+        page.start()
+        logging.getLogger("aimsnap.scheduler").info("status page on http://%s/", page.address)
     delivery = Delivery(orch.store, lambda: datetime.now(timezone.utc))
     alerting = Alerts(orch.store, lambda: orch.bundle.alerting, delivery)
     orch.start()
@@ -82,6 +99,8 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
     logging.getLogger("aimsnap.scheduler").info("stopping: waiting for runs in progress")
     orch.shutdown(wait=True)
     delivery.close()
+    if page is not None:
+        page.close()
     orch.store.set_service(heartbeat="")
     return 0
 
@@ -91,12 +110,8 @@ def _num(v: float | None) -> str:
 
 
 def _service_alive(store: Store) -> dict | None:
-    svc = store.service()
-    beat = svc.get("heartbeat")
-    if not beat:
-        return None
-    age = (datetime.now(timezone.utc) - parse_iso(beat)).total_seconds()
-    return svc if age <= HEARTBEAT_FRESH else None
+    from ..status import service_alive
+    return service_alive(store, datetime.now(timezone.utc))
 
 
 def _open(db: str) -> Store:
@@ -111,36 +126,13 @@ def _open(db: str) -> Store:
 def status(db: str, as_json: bool) -> None:
     """Per policy: last run, next fire, newest recovery point and its age (the RPO) against its
     objective, failures."""
-    from ..alerts.conditions import rpo_state
-    store = _open(db)
-    now = datetime.now(timezone.utc)
-    rows = []
-    for sched in store.schedule():
-        name = sched["policy"]
-        last = store.last_run(name)
-        point = store.newest_recovery_point(name)
-        rpo = None
-        if point and point.get("issued_at"):
-            rpo = (now - parse_iso(point["issued_at"])).total_seconds()
-        tested = None
-        if sched["kind"] == "dr-test" and last and last["details"]:  # the point it tested, and how that went
-            tested = {"point": last["details"].get("point"), "status": last["status"], "at": last["started_at"]}
-        rows.append({"policy": name, "kind": sched["kind"], "next_fire": sched["next_fire"],
-                     "last_status": last and last["status"], "last_started_at": last and last["started_at"],
-                     "last_error": last and last["error"], "recovery_point": point and point["point"],
-                     "recovery_point_at": point and point["issued_at"], "rpo_seconds": rpo and round(rpo, 1),
-                     "rpo_objective_seconds": sched["rpo_objective"],
-                     "rpo_breached": rpo_state(now, store, name, sched["rpo_objective"])[2]
-                     if sched["rpo_objective"] else None,
-                     "consecutive_failures": store.consecutive_failures(name), "last_test": tested})
-    problems = store.aim_problems()
-    stalled = [p["message"] for p in problems if p["kind"] == "stalled"]
-    errors = [p["message"] for p in problems if p["kind"] == "aim_error"]
-    fenced = [p["message"] for p in problems if p["kind"] == "aim_fenced"]
-    alive = _service_alive(store)
+    from ..status import status as status_of
+    st = status_of(_open(db), datetime.now(timezone.utc))
+    rows, stalled, errors, fenced = st["policies"], st["stalled"], st["aim_errors"], st["fenced"]
+    alive = _service_alive(_open(db))
     if as_json:
-        print_json({"policies": rows, "stalled": stalled, "aim_errors": errors, "fenced": fenced,
-                    "orchestrator": "running" if alive else "not running"})
+        st.pop("at")
+        print_json(st)
         return
     click.echo(f"orchestrator: {'running (pid ' + alive['pid'] + ')' if alive else 'not running'}")
     for r in rows:  # coloured for people (rich markup), plain in --json

@@ -23,6 +23,7 @@ class Watchdog:
         self.stalled: set[tuple[str, str]] = set()
         self.errors: dict[tuple[str, str], str] = {}  # (node, set) -> the reason reported
         self.states: dict[tuple[str, str], str] = {}  # (node, set) -> error | fenced, while reported
+        self.infos: dict[tuple[str, str], dict] = {}  # (node, set) -> its last status (the status page)
 
     def check(self, now: datetime) -> set[tuple[str, str]]:
         for key in self.aim_sets():
@@ -31,6 +32,7 @@ class Watchdog:
                 info = self.info(node, name)
             except EngineError:
                 continue  # an unreachable node shows up as failed runs, not as a stall
+            self.infos[key] = info
             self._error(key, info, now)
             acked, queued = info.get("acked_seq", 0), info.get("queued_entries", 0)
             prev = self.seen.get(key)
@@ -48,6 +50,13 @@ class Watchdog:
                 log.warning(msg)
                 self.store.event(now, "stalled", msg, details={"node": node, "aim_set": name, "queued": queued})
         return set(self.stalled)
+
+    def last_seen(self) -> list[dict]:
+        """What the last look saw of every AIM set (the status page's table)."""
+        return [{"node": node, "aim_set": name, "state": i.get("state"), "role": i.get("role"),
+                 "lag_seconds": i.get("lag_seconds"), "queued_bytes": i.get("queued_bytes"),
+                 "last_error": i.get("last_error"), "stalled": (node, name) in self.stalled}
+                for (node, name), i in sorted(self.infos.items())]
 
     def problems(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(state, reason) of every AIM set in state error or fenced now (the alert conditions)."""
