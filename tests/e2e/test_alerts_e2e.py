@@ -8,21 +8,14 @@ import time
 
 from ..cli import aimsnap
 from ..receivers import Hook, smtp_server
-from .test_apply import nodes_yaml
+from .test_apply import points_site
 from .test_run import hist, start_run, wait_for
 
 OBJECTIVE = 8
 
 
 def site(pair, tmp_path, hook: Hook, smtp_addr: str) -> str:
-    text = nodes_yaml(pair) + f"""\
-resources:
-  volumes: [{{node: prod, name: v, size: 4MiB}}, {{node: dr, name: v-dr, size: 4MiB}}]
-  snapshots: [{{node: dr, name: v-dr-pit, source: v-dr, type: differential}}]
-  aim_sets: [{{node: prod, name: v-aim, source: v, to: {{node: dr, volume: v-dr}}}}]
-policies:
-  - {{name: points, kind: auto-marker, node: prod, aim_set: v-aim, every: 2s, rpo_objective: {OBJECTIVE}s,
-      retries: {{count: 0}}, marker: {{destination_snapshot: v-dr-pit, wait: 3s}}}}
+    text = points_site(pair, OBJECTIVE) + f"""\
   - {{name: quiesced, kind: auto-marker, node: prod, aim_set: v-aim, every: 2s, retries: {{count: 0}},
       quiesce: {{pre: ["sh", "-c", "echo frozen disk >&2; exit 3"], timeout: 5s}},
       marker: {{destination_snapshot: v-dr-pit, wait: 3s}}}}

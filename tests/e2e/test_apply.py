@@ -13,6 +13,20 @@ nodes:
 """
 
 
+def points_site(pair, objective: float) -> str:
+    """The pair's nodes, one AIM set v -> v-dr with its pit, and a policy `points` making a point
+    every 2 s under an ``objective`` (seconds): what the alert and status-page tests start from."""
+    return nodes_yaml(pair) + f"""\
+resources:
+  volumes: [{{node: prod, name: v, size: 4MiB}}, {{node: dr, name: v-dr, size: 4MiB}}]
+  snapshots: [{{node: dr, name: v-dr-pit, source: v-dr, type: differential}}]
+  aim_sets: [{{node: prod, name: v-aim, source: v, to: {{node: dr, volume: v-dr}}}}]
+policies:
+  - {{name: points, kind: auto-marker, node: prod, aim_set: v-aim, every: 2s, rpo_objective: {objective:g}s,
+      retries: {{count: 0}}, marker: {{destination_snapshot: v-dr-pit, wait: 3s}}}}
+"""
+
+
 def policy_file(pair, tmp_path, spare="") -> str:
     text = nodes_yaml(pair) + f"""\
 resources:

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from ..cli import aimsnap
-from .test_apply import nodes_yaml
+from .test_apply import points_site
 from .test_run import wait_for
 
 pytestmark = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
@@ -49,15 +49,7 @@ def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
 def test_the_status_page_turns_red_without_a_reload(pair, tmp_path):
     from selenium.webdriver.common.by import By
     path = tmp_path / "site.yaml"
-    path.write_text(nodes_yaml(pair) + f"""\
-resources:
-  volumes: [{{node: prod, name: v, size: 4MiB}}, {{node: dr, name: v-dr, size: 4MiB}}]
-  snapshots: [{{node: dr, name: v-dr-pit, source: v-dr, type: differential}}]
-  aim_sets: [{{node: prod, name: v-aim, source: v, to: {{node: dr, volume: v-dr}}}}]
-policies:
-  - {{name: points, kind: auto-marker, node: prod, aim_set: v-aim, every: 2s, rpo_objective: {OBJECTIVE}s,
-      retries: {{count: 0}}, marker: {{destination_snapshot: v-dr-pit, wait: 3s}}}}
-""")
+    path.write_text(points_site(pair, OBJECTIVE))
     db = str(tmp_path / "o.db")
     (tmp_path / "page.token").write_text("page-token-0123456789\n")
     assert aimsnap("apply", str(path)).code == 0
