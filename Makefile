@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: venv deps demo test test-full bench clean
 
 # what the tests and benchmarks run as real peers and clients (Debian packages; as root)
-APT_PACKAGES := python3-venv libnbd-bin qemu-utils nbdkit fio rsync iproute2 fuse3 chromium chromium-driver
+APT_PACKAGES := python3-venv libnbd-bin qemu-utils nbdkit fio rsync iproute2 fuse3 chromium chromium-driver prometheus
 
 venv: $(STAMP)
 

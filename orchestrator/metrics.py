@@ -41,6 +41,17 @@ class _Collector:
                 since.add_metric([p], age(ok))
                 if s["kind"] == "dr-test":
                     tested.add_metric([p], parse_iso(ok).timestamp())
+        objective = GaugeMetricFamily("aimsnap_rpo_objective_seconds", "The policy's rpo_objective",
+                                      labels=["policy"])
+        for s in self.store.schedule():
+            if s["rpo_objective"]:
+                objective.add_metric([s["policy"]], s["rpo_objective"])
+        firing = GaugeMetricFamily("aimsnap_alert_firing", "1 for every alert firing now (see history --events)",
+                                   labels=["rule", "key"])
+        for key, a in self.store.open_alerts().items():
+            firing.add_metric([a["rule"], key], 1.0)
+        yield objective
+        yield firing
         yield dur
         yield rpo
         yield since

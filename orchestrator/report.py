@@ -4,6 +4,7 @@ timeline of runs by policy and the RPO over time, for people who would rather lo
 import html
 from datetime import datetime, timezone
 
+from .charts import seconds_label, time_axis, value_axis
 from .store import Store, parse_iso
 
 COLORS = {"ok": "#2e7d32", "failed": "#c62828", "timeout": "#ef6c00", "skipped": "#9e9e9e", "missed": "#6a1b9a",
@@ -49,61 +50,100 @@ def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str
     now = now or datetime.now(timezone.utc)
     runs = list(reversed(store.history(limit=limit)))
     markers = store.applied_markers()
+    sched = {s["policy"]: s for s in store.schedule()}
     policies = sorted({r["policy"] for r in runs})
     if not runs:
         body = "<p>No runs recorded yet.</p>"
     else:
-        t0, t1 = parse_iso(runs[0]["started_at"]), now
-        span = max((t1 - t0).total_seconds(), 1)
-        width, row_h, left = 1000, 22, 180
+        t0 = parse_iso(runs[0]["started_at"])
+        span = max((now - t0).total_seconds(), 1)
 
         def x(t: datetime) -> float:
-            return left + (t - t0).total_seconds() / span * (width - left - 10)
-
-        parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{row_h * len(policies) + 40}">']
-        for i, p in enumerate(policies):
-            y = 20 + i * row_h
-            parts.append(f'<text x="4" y="{y + 14}" font-size="12">{html.escape(p)}</text>')
-        for r in runs:
-            y = 20 + policies.index(r["policy"]) * row_h
-            title = html.escape(f"{r['policy']} {r['status']} {r['started_at']} {r['error'] or ''}")
-            parts.append(f'<rect x="{x(parse_iso(r["started_at"])):.1f}" y="{y + 3}" width="3" height="14" '
-                         f'fill="{COLORS.get(r["status"], "#000")}"><title>{title}</title></rect>')
-        parts.append(f'<text x="{left}" y="{row_h * len(policies) + 35}" font-size="11">{html.escape(str(t0))}</text>')
-        parts.append(f'<text x="{width - 200}" y="{row_h * len(policies) + 35}" font-size="11">'
-                     f'{html.escape(str(t1))}</text></svg>')
-        timeline = "".join(parts)
-        # RPO over time: after each applied marker the age restarts from zero; sample the sawtooth
-        rpo_parts, height = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="220">'], 180
-        series = {}
+            return LEFT + (t - t0).total_seconds() / span * (WIDTH - LEFT - RIGHT)
+        series: dict[str, list[datetime]] = {}
         for m in markers:
             series.setdefault(m["policy"], []).append(parse_iso(m["issued_at"]))
-        worst = 1.0
-        lines = {}
-        for p, points in series.items():
-            pts = []
-            for a, b in zip(points, points[1:] + [now]):
-                pts += [(a, 0.0), (b, (b - a).total_seconds())]
-                worst = max(worst, (b - a).total_seconds())
-            lines[p] = pts
-        palette = ["#1565c0", "#2e7d32", "#c62828", "#6a1b9a", "#ef6c00", "#00838f"]
-        for i, (p, pts) in enumerate(sorted(lines.items())):
-            path = " ".join(f"{x(t):.1f},{20 + height - v / worst * height:.1f}" for t, v in pts if t >= t0)
-            rpo_parts.append(f'<polyline fill="none" stroke="{palette[i % len(palette)]}" points="{path}">'
-                             f'<title>{html.escape(p)}</title></polyline>')
-            rpo_parts.append(f'<text x="4" y="{20 + 14 * i}" font-size="12" fill="{palette[i % len(palette)]}">'
-                             f'{html.escape(p)}</text>')
-        rpo_parts.append(f'<text x="{left}" y="14" font-size="11">worst RPO {worst:.0f} s</text></svg>')
-        counts = {}
-        for r in runs:
-            counts.setdefault(r["policy"], {}).setdefault(r["status"], 0)
-            counts[r["policy"]][r["status"]] += 1
-        table = "".join(f"<tr><td>{html.escape(p)}</td><td>{html.escape(', '.join(f'{k}: {v}' for k, v in sorted(c.items())))}"
-                        f"</td></tr>" for p, c in sorted(counts.items()))
         legend = " ".join(f'<span style="color:{c}">&#9632; {s}</span>' for s, c in COLORS.items())
-        body = (f"<h2>Runs by policy</h2><p>{legend}</p>{timeline}<h2>Recovery point age (RPO) over time</h2>"
-                f"{''.join(rpo_parts)}<h2>Totals</h2><table>{table}</table>{_dr_tests(runs)}")
+        rpo = "".join(_rpo_chart(p, series[p], runs, (sched.get(p) or {}).get("rpo_objective"), t0, now, x)
+                      for p in policies if p in series)
+        body = (f"<h2>Runs by policy</h2><p>{legend}</p>{_timeline(policies, runs, t0, now, x)}"
+                f"<h2>Recovery point age (RPO) over time</h2><p>Per policy: the age of its newest recovery point "
+                f"(it drops to zero when a point lands); dashed red: the objective; red marks: failed runs.</p>"
+                f"{rpo or '<p>No recovery point yet.</p>'}<h2>Per policy</h2>{_table(policies, runs, series, sched, now)}"
+                f"{_dr_tests(runs)}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>aimsnap report</title>"
-            f"<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}</style></head><body>"
+            f"<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}"
+            f"svg{{display:block;margin-bottom:8px}}table.policies td,table.policies th{{white-space:nowrap}}"
+            f"</style></head><body>"
             f"<h1>aimsnap report</h1><p>Generated {html.escape(str(now))} from {html.escape(store.path)}</p>"
             f"{body}{_plans(store.events(limit=1000))}</body></html>")
+
+
+WIDTH, LEFT, RIGHT, ROW = 1000, 190, 20, 22
+FAILED = ("failed", "timeout")
+
+
+def _timeline(policies: list[str], runs: list[dict], t0: datetime, now: datetime, x) -> str:
+    bottom = 10 + ROW * len(policies)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{bottom + 34}">',
+             time_axis(t0, now, x, 5, bottom, LEFT, WIDTH - RIGHT)]
+    for i, p in enumerate(policies):
+        parts.append(f'<text x="4" y="{10 + i * ROW + 14}" font-size="12">{html.escape(p)}</text>')
+    for r in runs:
+        y = 10 + policies.index(r["policy"]) * ROW
+        title = html.escape(f"{r['policy']} {r['status']} {r['started_at']} {r['error'] or ''}")
+        parts.append(f'<rect x="{x(parse_iso(r["started_at"])):.1f}" y="{y + 3}" width="3" height="14" '
+                     f'fill="{COLORS.get(r["status"], "#000")}"><title>{title}</title></rect>')
+    return "".join(parts) + "</svg>"
+
+
+def _rpo_chart(policy: str, points: list[datetime], runs: list[dict], objective: float | None, t0: datetime,
+               now: datetime, x) -> str:
+    """The sawtooth of one policy's RPO: after each point lands the age restarts from zero."""
+    pts, worst = [], 1.0
+    for a, b in zip(points, points[1:] + [now]):
+        pts += [(a, 0.0), (b, (b - a).total_seconds())]
+        worst = max(worst, (b - a).total_seconds())
+    top_value = max(worst, objective or 0) * 1.15
+    top, height = 8, 110
+
+    def y(v: float) -> float:
+        return top + height - v / top_value * height
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{top + height + 34}">',
+             f'<text x="4" y="{top + 14}" font-size="12" fill="#1565c0">{html.escape(policy)}</text>',
+             f'<text x="4" y="{top + 30}" font-size="11" fill="#555">worst {seconds_label(round(worst))}</text>',
+             value_axis(top_value, y, LEFT, WIDTH - RIGHT), time_axis(t0, now, x, top, top + height, LEFT, WIDTH - RIGHT)]
+    if objective:
+        parts.append(f'<line x1="{LEFT}" y1="{y(objective):.1f}" x2="{WIDTH - RIGHT}" y2="{y(objective):.1f}" '
+                     f'stroke="#c62828" stroke-dasharray="6,4"><title>objective {objective:g} s</title></line>')
+    line = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in pts if t >= t0)
+    parts.append(f'<polyline fill="none" stroke="#1565c0" stroke-width="1.5" points="{line}"/>')
+    for r in runs:
+        if r["policy"] == policy and r["status"] in FAILED:
+            px = x(parse_iso(r["started_at"]))
+            parts.append(f'<rect x="{px - 1:.1f}" y="{top + height - 8}" width="3" height="8" fill="#c62828">'
+                         f'<title>{html.escape(r["status"] + ": " + (r["error"] or ""))}</title></rect>')
+    return "".join(parts) + "</svg>"
+
+
+def _table(policies: list[str], runs: list[dict], series: dict, sched: dict, now: datetime) -> str:
+    head = "".join(f"<th>{h}</th>" for h in ("policy", "kind", "runs", "ok", "failed", "other", "points",
+                                             "worst RPO", "objective", "newest point"))
+    rows = []
+    for p in policies:
+        mine = [r for r in runs if r["policy"] == p]
+        points = series.get(p, [])
+        gaps = [(b - a).total_seconds() for a, b in zip(points, points[1:] + [now])]
+        objective = (sched.get(p) or {}).get("rpo_objective")
+        worst = max(gaps) if gaps else None
+        late = worst is not None and objective and worst > objective
+        cells = (p, (sched.get(p) or {}).get("kind") or (mine[-1]["kind"] if mine else ""), len(mine),
+                 sum(r["status"] == "ok" for r in mine), sum(r["status"] in FAILED for r in mine),
+                 sum(r["status"] not in ("ok", *FAILED) for r in mine), len(points),
+                 seconds_label(round(worst)) if worst is not None else "-",
+                 seconds_label(objective) if objective else "-",
+                 points[-1].strftime("%Y-%m-%d %H:%M:%S") if points else "-")
+        style = ' style="color:#c62828"' if late else ""
+        rows.append("<tr>" + "".join(f"<td{style if i == 7 else ''}>{html.escape(str(v))}</td>"
+                                     for i, v in enumerate(cells)) + "</tr>")
+    return f"<table class='policies'><tr>{head}</tr>{''.join(rows)}</table>"
