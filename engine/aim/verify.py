@@ -127,11 +127,11 @@ class Verification:
     """One verify of an AIM set, on a thread of its own; :meth:`status` says how far it is."""
 
     def __init__(self, aim: AimSet, storage: Storage, repair: bool, on_done: Callable[[dict], None],
-                 reach_timeout: float = REACH_TIMEOUT) -> None:
+                 reach_timeout: float | None = None) -> None:
         """``reach_timeout``: how long the destination may take to reach the verify point (a
         switchover's final verify gets what is left of its own timeout)."""
         self.aim, self.storage, self.repair, self.on_done = aim, storage, repair, on_done
-        self.reach_timeout = reach_timeout
+        self.reach_timeout = REACH_TIMEOUT if reach_timeout is None else reach_timeout
         self.id = uuid.uuid4().hex[:12]
         self.state, self.error, self.result = "running", None, None
         self.started_at = time.time()
