@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 
 import sqlite_utils
 
+from engine import InvalidInput
+
 RUN_STATUSES = ("running", "ok", "failed", "skipped", "missed", "interrupted", "timeout")
 
 MIGRATIONS = [
@@ -87,7 +89,10 @@ class Store:
         self.path = path
         self._local = threading.local()
         self.write_lock = threading.Lock()
-        self._migrate()
+        try:
+            self._migrate()
+        except sqlite3.DatabaseError as e:  # not a file SQLite can use (a device, a foreign file, no space)
+            raise InvalidInput(f"{path} cannot be the outcome store (--db): {e}") from None
 
     @property
     def db(self) -> sqlite_utils.Database:
