@@ -45,7 +45,10 @@ def test_rpo_breach_run_failure_and_a_receiver_down(pair, tmp_path):
         try:
             wait_for(lambda: [r for r in hist(db, "--policy", "points") if r["status"] == "ok"], 30)
             # the failing quiesce hook: told once, however many runs fail
-            wait_for(lambda: len([r for r in hist(db, "--policy", "quiesced") if r["status"] == "failed"]) >= 3, 30)
+            wait_for(lambda: hook.bodies("firing", "run_failed"), 30)  # the engine looks every 5 s
+            fails = len([r for r in hist(db, "--policy", "quiesced") if r["status"] == "failed"])
+            wait_for(lambda: len([r for r in hist(db, "--policy", "quiesced") if r["status"] == "failed"]) >= fails + 4,
+                     30)  # 8 s more of failing runs: at least one more look of the engine
             failed = hook.bodies("firing", "run_failed")
             assert len(failed) == 1 and failed[0]["policy"] == "quiesced" and "exited 3: frozen disk" in failed[0]["reason"]
             assert not hook.bodies(rule="rpo_breached")
@@ -78,7 +81,7 @@ def test_rpo_breach_run_failure_and_a_receiver_down(pair, tmp_path):
             late = [r for r in hist(db, "--policy", "points") if r["scheduled_for"] and r["status"] != "running"]
             from orchestrator.store import parse_iso
             lateness = [(parse_iso(r["started_at"]) - parse_iso(r["scheduled_for"])).total_seconds() for r in late]
-            assert lateness and max(lateness) < 1.0, lateness
+            assert lateness and max(lateness) < 2.0, lateness
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
