@@ -3,7 +3,6 @@ supervisor, put together; and its status, as ``aim status`` and ``/metrics`` sho
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -87,10 +86,10 @@ class AimSet:
     def status(self) -> dict:
         rec, backlog = self.record, self.observer.backlog
         last = self.markers.last_applied(self.name)
-        fenced = json.loads(rec.fenced) if rec.fenced else None
+        fenced = rec.fence
         return {"name": self.name, "role": "source", "state": self.state.value, "source": self.volume.name,
                 "tls": self.tls is not None, "generation": rec.generation, "fenced": fenced,
-                "switchover": json.loads(rec.switchover) if rec.switchover else None,
+                "switchover": rec.pending_switchover,
                 "destination": f"{rec.dest_host}:{rec.dest_port}/{rec.dest_volume}",
                 "overflowed": rec.overflowed, "dirty_blocks": self.dirty.count(),
                 "queued_entries": max(backlog.entries, 0), "queued_bytes": max(backlog.bytes, 0),

@@ -2,6 +2,7 @@
 one statement) and the sender's state, an :class:`enum.Enum` shown in ``aim status``."""
 
 import enum
+import json
 import sqlite3
 from dataclasses import astuple, dataclass, fields
 
@@ -45,6 +46,16 @@ class Record:
     generation: int = 1        # bumped by each promotion of the set's destination (see roles)
     fenced: str | None = None  # JSON: the destination's authenticated refusal (promoted at generation N)
     switchover: str | None = None  # JSON: a planned switchover in progress (its host writes are fenced)
+
+    @property
+    def pending_switchover(self) -> dict | None:
+        """The switchover in progress (state, final_seq, group, members...), parsed."""
+        return json.loads(self.switchover) if self.switchover else None
+
+    @property
+    def fence(self) -> dict | None:
+        """The destination's refusal that fenced this source (generation, promoted_at, message)."""
+        return json.loads(self.fenced) if self.fenced else None
 
     @classmethod
     def from_row(cls, row: dict) -> "Record":

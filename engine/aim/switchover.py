@@ -69,14 +69,14 @@ def switchover(repl: Replication, name: str | None = None, group: str | None = N
 
 
 def _state(aim: AimSet) -> str | None:
-    return json.loads(aim.record.switchover)["state"] if aim.record.switchover else None
+    return (aim.record.pending_switchover or {}).get("state")
 
 
 def _members(repl: Replication, group: str) -> list[str]:
     """The group's members as they were when its switchover fenced them (a retry after some of them
     switched finds the group here shrunk), else as the group is now."""
     for a in repl.sets.values():
-        pending = json.loads(a.record.switchover) if a.record.switchover else {}
+        pending = a.record.pending_switchover or {}
         if pending.get("group") == group:
             return list(pending["members"])
     return repl.group_members(group)
@@ -160,7 +160,7 @@ def _final_point(repl: Replication, aim: AimSet, deadline: float) -> dict:
 
 def _promote(repl: Replication, aim: AimSet, group: str | None, members: list[str]) -> dict:
     rec = aim.record
-    pending = json.loads(rec.switchover)
+    pending = rec.pending_switchover
     own_port, _token = repl.local or (0, "")
     hello = {"op": "promote", "set_id": rec.id, "set_name": aim.name, "generation": rec.generation,
              "final_seq": pending["final_seq"], "aim_port": own_port, "volume": aim.volume.name,

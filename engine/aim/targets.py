@@ -134,10 +134,9 @@ class Targets:
         row = self.meta.one("SELECT set_id, set_name FROM aim_targets WHERE volume=?", volume)
         if row and row["set_id"] != set_id:
             return {"error": f"destination volume {volume!r} is already the destination of AIM set {row['set_name']!r}"}
-        if vol.observers and not row:
-            users = ", ".join(f"{o.kind} {o.name}" for o in vol.observers if o.kind == "AIM set")
-            if users:
-                return {"error": f"destination volume {volume!r} is the source of {users} here"}
+        sources = ", ".join(f"{o.kind} {o.name}" for o in vol.observers if o.kind == "AIM set")
+        if sources and not row:
+            return {"error": f"destination volume {volume!r} is the source of {sources} here"}
         if hello.get("op") == "claim" and not row:
             self.meta.execute(
                 "INSERT INTO aim_targets (set_id, set_name, volume, source, generation, created_at) "

@@ -127,9 +127,10 @@ def status(db: str, as_json: bool) -> None:
     """Per policy: last run, next fire, newest recovery point and its age (the RPO) against its
     objective, failures."""
     from ..status import status as status_of
-    st = status_of(_open(db), datetime.now(timezone.utc))
+    store = _open(db)
+    st = status_of(store, datetime.now(timezone.utc))
     rows, stalled, errors, fenced = st["policies"], st["stalled"], st["aim_errors"], st["fenced"]
-    alive = _service_alive(_open(db))
+    alive = _service_alive(store)
     if as_json:
         st.pop("at")
         print_json(st)

@@ -21,8 +21,7 @@ class Watchdog:
         self.store, self.aim_sets, self.info, self.stall_after = store, aim_sets, info, stall_after
         self.seen: dict[tuple[str, str], tuple[int, datetime]] = {}  # (node, set) -> (acked, since)
         self.stalled: set[tuple[str, str]] = set()
-        self.errors: dict[tuple[str, str], str] = {}  # (node, set) -> the reason reported
-        self.states: dict[tuple[str, str], str] = {}  # (node, set) -> error | fenced, while reported
+        self.errors: dict[tuple[str, str], tuple[str, str]] = {}  # (node, set) -> (error | fenced, the reason)
         self.infos: dict[tuple[str, str], dict] = {}  # (node, set) -> its last status (the status page)
 
     def check(self, now: datetime) -> set[tuple[str, str]]:
@@ -60,15 +59,14 @@ class Watchdog:
 
     def problems(self) -> dict[tuple[str, str], tuple[str, str]]:
         """(state, reason) of every AIM set in state error or fenced now (the alert conditions)."""
-        return {k: (self.states.get(k, "error"), r) for k, r in self.errors.items()}
+        return dict(self.errors)
 
     def _error(self, key: tuple[str, str], info: dict, now: datetime) -> None:
         node, name = key
         if info.get("state") in ("error", "fenced"):
             reason = info.get("last_error") or "unknown"
-            self.states[key] = info["state"]
-            if self.errors.get(key) != reason:
-                self.errors[key] = reason
+            if self.errors.get(key) != (info["state"], reason):
+                self.errors[key] = (info["state"], reason)
                 fenced = info["state"] == "fenced"
                 msg = (f"AIM set {name} on {node} is fenced, never applied again ({reason}): the destination "
                        "was failed over" if fenced else f"AIM set {name} on {node} cannot replicate: {reason}")
@@ -77,6 +75,5 @@ class Watchdog:
                                  details={"node": node, "aim_set": name, "reason": reason})
         elif key in self.errors and info.get("state") == "replicating":
             del self.errors[key]
-            self.states.pop(key, None)
             self.store.event(now, "recovered", f"AIM set {name} on {node} replicates again",
                              details={"node": node, "aim_set": name})
