@@ -75,7 +75,6 @@ class NbdServer:
         try:
             export = self._handshake(conn)
             if export is not None:
-                self.node.hosts.opened(export.name)
                 try:
                     self._transmission(export, conn)
                 finally:
@@ -104,9 +103,8 @@ class NbdServer:
                     export = exports.resolve(self.node, data.decode())
                 except (NotFound, UnicodeDecodeError):
                     raise ProtocolError(f"no export {data[:100]!r}") from None
-                conn.sendall(struct.pack(">QH", export.size, _transmission_flags(export))
-                             + (b"" if no_zeroes else bytes(124)))
-                return export
+                return self._open(export, conn, struct.pack(">QH", export.size, _transmission_flags(export))
+                                  + (b"" if no_zeroes else bytes(124)))
             if opt == OPT_ABORT:
                 _reply(conn, opt, REP_ACK)
                 return None
@@ -114,8 +112,11 @@ class NbdServer:
                 self._list(conn, data)
             elif opt in (OPT_INFO, OPT_GO):
                 export = self._info(conn, opt, data)
-                if export is not None and opt == OPT_GO:
-                    return export
+                if export is None:
+                    continue
+                if opt == OPT_GO:
+                    return self._open(export, conn, _option_reply(opt, REP_ACK))
+                _reply(conn, opt, REP_ACK)
             else:
                 _reply(conn, opt, REP_ERR_UNSUP, b"option not supported")
 
@@ -151,7 +152,17 @@ class NbdServer:
             _reply(conn, opt, REP_INFO, struct.pack(">H", INFO_DESCRIPTION) + export.description.encode())
         if INFO_BLOCK_SIZE in requests:
             _reply(conn, opt, REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, 1, PREFERRED_BLOCK, MAX_REQUEST))
-        _reply(conn, opt, REP_ACK)
+        return export  # the caller sends the final ACK
+
+    def _open(self, export: exports.Export, conn: socket.socket, last_reply: bytes) -> exports.Export:
+        """Count the host as having ``export`` open *before* the reply that lets it start: a
+        restore asked for right after the client's handshake returned must see it."""
+        self.node.hosts.opened(export.name)
+        try:
+            conn.sendall(last_reply)
+        except BaseException:
+            self.node.hosts.closed(export.name)
+            raise
         return export
 
     # -- transmission --------------------------------------------------------------------------------
@@ -286,5 +297,9 @@ def _outcome(export: exports.Export, call) -> tuple[int, bytes]:
         return (errno.ENOSPC if e.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO), b""
 
 
+def _option_reply(opt: int, rtype: int, data: bytes = b"") -> bytes:
+    return struct.pack(">QIII", REPLY_MAGIC, opt, rtype, len(data)) + data
+
+
 def _reply(conn: socket.socket, opt: int, rtype: int, data: bytes = b"") -> None:
-    conn.sendall(struct.pack(">QIII", REPLY_MAGIC, opt, rtype, len(data)) + data)
+    conn.sendall(_option_reply(opt, rtype, data))
