@@ -66,26 +66,64 @@ def render(store: Store, now: datetime | None = None, limit: int = 20000) -> str
         legend = " ".join(f'<span style="color:{c}">&#9632; {s}</span>' for s, c in COLORS.items())
         rpo = "".join(_rpo_chart(p, series[p], runs, (sched.get(p) or {}).get("rpo_objective"), t0, now, x)
                       for p in policies if p in series)
-        body = (f"<h2>Runs by policy</h2><p>{legend}</p>{_timeline(policies, runs, t0, now, x)}"
+        body = (f"{_summary(policies, runs, series, sched, now)}"
+                f"<h2>Runs by policy</h2><p>{legend}</p>{_timeline(policies, runs, t0, now, x)}"
                 f"<h2>Recovery point age (RPO) over time</h2><p>Per policy: the age of its newest recovery point "
                 f"(it drops to zero when a point lands); dashed red: the objective; red marks: failed runs.</p>"
-                f"{rpo or '<p>No recovery point yet.</p>'}<h2>Per policy</h2>{_table(policies, runs, series, sched, now)}"
+                f"{f'<div class=charts>{rpo}</div>' if rpo else '<p>No recovery point yet.</p>'}<h2>Per policy</h2>{_table(policies, runs, series, sched, now)}"
                 f"{_dr_tests(runs)}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>aimsnap report</title>"
-            f"<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}"
-            f"svg{{display:block;margin-bottom:8px}}table.policies td,table.policies th{{white-space:nowrap}}"
-            f"</style></head><body>"
-            f"<h1>aimsnap report</h1><p>Generated {html.escape(str(now))} from {html.escape(store.path)}</p>"
+            f"<style>{STYLE}</style></head><body><h1>aimsnap report</h1>"
+            f"<p class='muted'>Generated {now.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC from "
+            f"{html.escape(store.path)}</p>"
             f"{body}{_plans(store.events(limit=1000))}</body></html>")
 
 
 WIDTH, LEFT, RIGHT, ROW = 1000, 190, 20, 22
 FAILED = ("failed", "timeout")
+# the charts scale with the window (a wall screen), their text with them
+STYLE = ("body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222;background:#fafafa}"
+         "h1{margin:0}.muted{color:#6b6b6b}svg{display:block;margin-bottom:8px;width:100%;max-width:1800px;height:auto}"
+         "table{border-collapse:collapse;background:#fff}td,th{padding:3px 12px;text-align:left;"
+         "border-bottom:1px solid #ddd}th{background:#eaeaea}table.policies td,table.policies th{white-space:nowrap}"
+         ".banner{display:inline-block;padding:.3em .9em;border-radius:.3em;color:#fff;font-weight:bold;"
+         "font-size:1.2em;background:#1b5e20;margin:.6em 0}.banner.bad{background:#b71c1c}"
+         ".tiles{display:flex;gap:.8em;flex-wrap:wrap}.tile{background:#fff;border:1px solid #ddd;"
+         "border-radius:.3em;padding:.4em .9em;min-width:8em}.tile b{font-size:1.5em;display:block}"
+         ".tile.bad{border-color:#b71c1c;color:#b71c1c}"
+         ".charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(860px,1fr));gap:0 2em}")
+
+
+def _worst_gap(points: list[datetime], now: datetime) -> float | None:
+    """The longest time without a newer recovery point (the worst RPO), up to now."""
+    return max(((b - a).total_seconds() for a, b in zip(points, points[1:] + [now])), default=None)
+
+
+def _summary(policies: list[str], runs: list[dict], series: dict, sched: dict, now: datetime) -> str:
+    """What a glance should get: did every policy keep its objective, how many runs failed."""
+    broke = [p for p in policies if (o := (sched.get(p) or {}).get("rpo_objective"))
+             and (w := _worst_gap(series.get(p, []), now)) is not None and w > o]
+    failed = sum(r["status"] in FAILED for r in runs)
+    tests = [r for r in runs if r["kind"] == "dr-test" and r["status"] not in ("running", "skipped")]
+    bad_tests = sum(r["status"] != "ok" for r in tests)
+    problems = len(broke) + failed + bad_tests
+    text = ("every policy kept its objective, no run failed" if not problems else
+            "; ".join(t for t in (broke and f"objective broken: {', '.join(broke[:5])}"
+                                  + (f" and {len(broke) - 5} more" if len(broke) > 5 else ""),
+                                  failed and f"{failed} failed run(s)", bad_tests and f"{bad_tests} DR test(s) failed")
+                      if t))
+    tiles = [("policies", len(policies), False), ("runs", len(runs), False), ("failed runs", failed, failed),
+             ("recovery points", sum(len(v) for v in series.values()), False),
+             ("objective broken", len(broke), broke), ("DR tests passed", len(tests) - bad_tests, False),
+             ("DR tests failed", bad_tests, bad_tests)]
+    return (f"<div class='banner{' bad' if problems else ''}'>{html.escape(text)}</div><div class='tiles'>"
+            + "".join(f"<div class='tile{' bad' if bad else ''}'><b>{n}</b>{label}</div>" for label, n, bad in tiles)
+            + "</div>")
 
 
 def _timeline(policies: list[str], runs: list[dict], t0: datetime, now: datetime, x) -> str:
     bottom = 10 + ROW * len(policies)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{bottom + 34}">',
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {bottom + 34}">',
              time_axis(t0, now, x, 5, bottom, LEFT, WIDTH - RIGHT)]
     for i, p in enumerate(policies):
         parts.append(f'<text x="4" y="{10 + i * ROW + 14}" font-size="12">{html.escape(p)}</text>')
@@ -109,7 +147,7 @@ def _rpo_chart(policy: str, points: list[datetime], runs: list[dict], objective:
 
     def y(v: float) -> float:
         return top + height - v / top_value * height
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{top + height + 34}">',
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {top + height + 34}">',
              f'<text x="4" y="{top + 14}" font-size="12" fill="#1565c0">{html.escape(policy)}</text>',
              f'<text x="4" y="{top + 30}" font-size="11" fill="#555">worst {seconds_label(round(worst))}</text>',
              value_axis(top_value, y, LEFT, WIDTH - RIGHT), time_axis(t0, now, x, top, top + height, LEFT, WIDTH - RIGHT)]
@@ -133,9 +171,8 @@ def _table(policies: list[str], runs: list[dict], series: dict, sched: dict, now
     for p in policies:
         mine = [r for r in runs if r["policy"] == p]
         points = series.get(p, [])
-        gaps = [(b - a).total_seconds() for a, b in zip(points, points[1:] + [now])]
         objective = (sched.get(p) or {}).get("rpo_objective")
-        worst = max(gaps) if gaps else None
+        worst = _worst_gap(points, now)
         late = worst is not None and objective and worst > objective
         cells = (p, (sched.get(p) or {}).get("kind") or (mine[-1]["kind"] if mine else ""), len(mine),
                  sum(r["status"] == "ok" for r in mine), sum(r["status"] in FAILED for r in mine),

@@ -146,3 +146,13 @@ class Bundle:
 
     def resource(self, kind: str, node: str, name: str) -> Resource | None:
         return self.resources.get((kind, node, name))
+
+    def aim_sets(self) -> list[tuple[str, str]]:
+        """(node, name) of every AIM set the files declare or a policy names, group members
+        included: what the orchestrator's watchdog looks at."""
+        found = {(node, name) for kind, node, name in self.resources if kind == "aim_set"}
+        found |= {(p.node, p.aim_set) for p in self.policies if p.aim_set}
+        for p in self.policies:
+            group = self.resource("group", p.node, p.group) if p.group else None
+            found |= {(p.node, m) for m in (group.spec.get("members", []) if group else [])}
+        return sorted(found)

@@ -59,7 +59,7 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     orch = Orchestrator(list(files), db)
-    dog = Watchdog(orch.store, lambda: sorted({(p.node, p.aim_set) for p in orch.bundle.policies if p.aim_set}),
+    dog = Watchdog(orch.store, lambda: orch.bundle.aim_sets(),
                    lambda node, name: orch.runner.nodes(node).replication.info(name), stall)
     if metrics_addr:
         serve_metrics(metrics_addr, orch.store, dog)

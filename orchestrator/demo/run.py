@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 import policies
 from engine import parse_size
+from policies.loader import load_text
 from policies.model import Bundle
 from policies.validate import load_policies
 
@@ -33,6 +34,7 @@ from engine.client.remote import RemoteNode
 from ..apply import reconcile
 from ..report import render
 from ..store import Store
+from .hook import Hook
 from .localnode import NodeProc, start_node
 from .verify import Check, checks_table, mib, runs_table, traffic_table, verify
 from .workload import CONTROL_ENV, ControlServer, Workload
@@ -41,6 +43,7 @@ EXAMPLE = Path(policies.__file__).parent / "examples" / "demo.yaml"
 SNAPSHOT_POLICY = "db01-snapshot"  # demo.yaml's source-snapshot policy
 DR_TEST_POLICY = "app-dr-test"  # ... and its dr-test, run once at the end
 FS_VOLUME = "fs01"  # holds an ext4 file system (made at the start), which the DR test checks
+RECEIVER = "demo-hook"  # demo.yaml's webhook receiver: the demo serves it on loopback
 
 
 class DemoFailed(Exception):
@@ -57,6 +60,8 @@ class Demo:
         self.orchestrator: subprocess.Popen | None = None
         self.workload: Workload | None = None
         self.control: ControlServer | None = None
+        self.hook = Hook()  # every alert the orchestrator sends
+        self.http = f"127.0.0.1:{_free_port()}"  # the orchestrator's live status page
         self.policy_file = os.path.join(work, "demo.yaml")
         self.db = os.path.join(work, "aimsnap.db")
         self.html = os.path.join(results, "report.html")
@@ -68,9 +73,12 @@ class Demo:
             self.clients[name] = RemoteNode(self.sites[name].api, self.sites[name].token, timeout=120)
 
     def write_policies(self) -> Bundle:
-        doc = yaml.safe_load(EXAMPLE.read_text())
+        doc = load_text(str(EXAMPLE), EXAMPLE.read_text())[0].data  # as aimsnap reads it (`on:` is a key)
         for name, site in self.sites.items():
             doc["nodes"][name] = {"api": site.api, "token_file": site.token_file, "aim": site.aim, "nbd": site.nbd}
+        for receiver in doc["alerts"]["receivers"]:
+            if receiver["name"] == RECEIVER:
+                receiver["webhook"]["url"] = self.hook.url
         with open(self.policy_file, "w") as f:
             f.write(f"# written by aimsnap demo from {EXAMPLE}, with this run's node addresses\n")
             yaml.safe_dump(doc, f, sort_keys=False, width=120)
@@ -120,9 +128,36 @@ class Demo:
                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         log = open(os.path.join(self.work, "run.log"), "wb")
         self.orchestrator = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "run", self.policy_file, "--db", self.db],
+            [sys.executable, "-m", "orchestrator", "run", self.policy_file, "--db", self.db, "--http", self.http],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
+
+    def alert_test(self) -> Check:
+        """`aimsnap alerts test demo-hook`: the receiver gets a test alert before anything can fail."""
+        p = subprocess.run([sys.executable, "-m", "orchestrator", "alerts", "test", RECEIVER, self.policy_file,
+                            "--db", self.db], capture_output=True, text=True, timeout=60)
+        got = self.hook.bodies("firing", "test")
+        return Check("alerts", f"a test alert to {RECEIVER} (webhook)", p.returncode == 0 and len(got) == 1,
+                     got[0]["reason"] if got else (p.stderr.strip() or p.stdout.strip())[:300])
+
+    def status_page(self) -> list[Check]:
+        """What the status page says at the end of the run (its /api/status), and the alerts that
+        reached the receiver meanwhile: a clean run has every policy ok and fires none."""
+        import json
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://{self.http}/api/status", timeout=10) as r:
+                s = json.load(r)
+        except OSError as e:
+            return [Check("status page", f"http://{self.http}/", False, f"cannot read /api/status: {e}")]
+        bad = [f"{p['policy']} {p['state']}" for p in s["policies"] if p["state"] != "ok"]
+        bad += [f"{a['aim_set']} {a['state']}" for a in s.get("aim_sets", []) if a["state"] != "replicating"]
+        n = f"{len(s['policies'])} policies, {len(s.get('aim_sets', []))} AIM sets"
+        fired = [f"{b['rule']}: {b['reason']}" for b in self.hook.bodies("firing") if b["rule"] != "test"]
+        return [Check("status page", f"http://{self.http}/: every policy ok, every AIM set replicating",
+                      not bad and not s["alerts"], "; ".join(bad + [a["rule"] for a in s["alerts"]]) or n),
+                Check("alerts", f"no alert fired during the run ({RECEIVER})", not fired,
+                      "; ".join(fired)[:300] or f"{len(self.hook.got)} message(s) received, the test only")]
 
     def dr_test(self) -> Check:
         """Run the demo's dr-test policy once, as an operator would (`aimsnap trigger`)."""
@@ -169,6 +204,7 @@ class Demo:
             return proc.wait()
 
     def close(self) -> None:
+        self.hook.close()
         if self.workload:
             self.workload.stop()
         self.stop_orchestrator()  # before the control socket goes: its hooks still thaw
@@ -221,8 +257,10 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
     size = parse_size(bundle.resource("volume", "prod", FS_VOLUME).spec["size"])  # type: ignore[union-attr]
     d.no_fs = d.make_file_system(size)
     baseline = d.bytes_sent()
+    alerted = d.alert_test()
     d.start_workload(bundle, rate, seed)
     d.start_orchestrator()
+    console.print(f"status page: http://{d.http}/ (live while the policies run; alerts go to {d.hook.url})")
     store = Store(d.db)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
@@ -239,10 +277,11 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
         final = progress.add_task("last source-snapshot run after the workload stopped", total=None, info="")
         _wait_for_run(store, SNAPSHOT_POLICY, after=datetime.now(timezone.utc))
         progress.remove_task(final)
+        page = d.status_page()
         rc = d.stop_orchestrator()
         _wait_caught_up(d)
         sent = {k: v - baseline.get(k, 0) for k, v in d.bytes_sent().items()}
-        checks = verify(d, bundle, store, progress)
+        checks = [alerted, *page, *verify(d, bundle, store, progress)]
         test = progress.add_task("DR test: a clone of the group's newest point, checked, deleted", total=None, info="")
         checks.append(d.dr_test())
         progress.remove_task(test)
@@ -263,12 +302,19 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
     if unverified:
         console.print(f"[red]no verified point for: {', '.join(unverified)}[/]")
     if failures or unverified or rc != 0:
-        console.print(f"[red]demo FAILED: {len(failures)} of {len(checks)} points differ or are missing[/]")
+        console.print(f"[red]demo FAILED: {len(failures)} of {len(checks)} checks failed (see the table above)[/]")
         return 1
-    points = sum(c.policy != DR_TEST_POLICY for c in checks)
+    points = sum(c.policy not in (DR_TEST_POLICY, "alerts", "status page") for c in checks)
     console.print(f"[green]demo OK: {points} destination points in time, each equal to its source at its marker; "
                   "the DR test of the newest group point passed[/]")
     return 0
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _progress_line(workload: Workload, store: Store) -> str:

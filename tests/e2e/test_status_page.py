@@ -73,15 +73,15 @@ def test_the_status_page_turns_red_without_a_reload(pair, tmp_path):
         driver = browser()
         driver.get(f"{base}/?token={token}")
         row = lambda: driver.find_elements(By.CSS_SELECTOR, '#policies tr[data-key="points"]')  # noqa: E731
-        wait_for(lambda: row() and row()[0].get_attribute("class") == "ok", 20)
+        wait_for(lambda: row() and row()[0].get_attribute("data-state") == "ok", 20)
         try:
-            wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, '#aim_sets tr[data-key="v-aim"]'), 20)
+            wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, '#aim_sets tr[data-key$="/v-aim"]'), 20)
         except AssertionError:
             raise AssertionError((_get(base + "/api/status", token), driver.page_source[-3000:])) from None
         driver.save_screenshot(str(tmp_path / "status-ok.png"))
         pair.dst.kill(signal.SIGKILL)
         loaded = driver.execute_script("return performance.timeOrigin")
-        wait_for(lambda: row()[0].get_attribute("class") == "breached", OBJECTIVE + 25)
+        wait_for(lambda: row()[0].get_attribute("data-state") == "breached", OBJECTIVE + 25)
         assert driver.execute_script("return performance.timeOrigin") == loaded  # the same page: no reload
         cell = row()[0].find_elements(By.TAG_NAME, "td")[1]
         assert cell.text == "breached" and cell.value_of_css_property("color") == "rgba(183, 28, 28, 1)"
@@ -102,5 +102,76 @@ def test_the_status_page_turns_red_without_a_reload(pair, tmp_path):
         log.close()
         shot_dir = __import__("os").environ.get("AIMSNAP_SCREENSHOTS")
         if shot_dir:  # keep them where a person can look (the test's own directory goes away)
+            for f in tmp_path.glob("*.png"):
+                shutil.copy(f, shot_dir)
+
+
+def test_a_site_of_sixty_policies_reads_on_one_screen(tmp_path):
+    """Sixty policies and a hundred AIM sets (an outcome store written as the orchestrator writes
+    it, a real watchdog's view): the banner counts the problems, they sort first, ``?problems``
+    shows only them, and the name filter narrows the tables."""
+    from datetime import datetime, timedelta, timezone
+
+    from selenium.webdriver.common.by import By
+
+    from orchestrator.schedule.watchdog import Watchdog
+    from orchestrator.statuspage import StatusPage
+    from orchestrator.store import Store, iso
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    store = Store(str(tmp_path / "o.db"))
+    names = [f"vol{i:03d}-15m" for i in range(60)]
+    store.set_schedule([{"policy": n, "kind": "source-snapshot", "trigger": "every 15m",
+                         "next_fire": iso(now + timedelta(minutes=7)), "rpo_objective": 1800.0} for n in names], now)
+    breached, failing = {"vol007-15m", "vol031-15m", "vol058-15m"}, {"vol020-15m", "vol044-15m"}
+    for n in names:
+        age = timedelta(hours=2) if n in breached else timedelta(minutes=9)
+        store.record_run(n, "source-snapshot", "schedule", "ok", now - age)
+        store.record_marker(None, n, "prod", {"aim_set": n, "id": 1, "state": "applied", "point": f"{n}.p",
+                                              "issued_at": iso(now - age), "applied_at": iso(now - age)})
+        if n in failing:
+            store.record_run(n, "source-snapshot", "schedule", "failed", now - timedelta(minutes=1),
+                             error="quiesce hook exited 1: fsfreeze: /srv/db: Device or resource busy")
+    store.set_service(heartbeat=iso(now))
+    sets = [f"set{i:03d}" for i in range(100)]
+    infos = {s: {"state": "disconnected" if s in ("set013", "set077") else "replicating", "role": "source",
+                 "lag_seconds": 0.4, "queued_bytes": 4096, "acked_seq": 1, "queued_entries": 0,
+                 "last_error": "connection refused" if s in ("set013", "set077") else None} for s in sets}
+    dog = Watchdog(store, lambda: [("prod", s) for s in sets], lambda node, name: infos[name])
+    dog.check(now)
+    page = StatusPage("127.0.0.1:0", store, dog, clock=lambda: now)
+    page.start()
+    driver = browser()
+    try:
+        driver.set_window_size(1920, 1080)  # a wall screen
+        driver.get(f"http://{page.address}/")
+        banner = lambda: driver.find_element(By.ID, "banner").text  # noqa: E731
+        wait_for(lambda: banner() == "7 problems", 20)  # 3 breached, 2 failing, 2 AIM sets disconnected
+        rows = driver.find_elements(By.CSS_SELECTOR, "#policies tbody tr")
+        assert len(rows) == 60
+        first = [r.get_attribute("data-key") for r in rows[:5]]
+        assert set(first) == breached | failing and first == sorted(first)  # problems first, by name
+        assert [r.get_attribute("data-state") for r in rows[5:]] == ["ok"] * 55
+        aims = driver.find_elements(By.CSS_SELECTOR, "#aim_sets tbody tr")
+        assert [r.get_attribute("data-key") for r in aims[:2]] == ["prod/set013", "prod/set077"]
+        assert "RPO breached" in driver.find_element(By.ID, "tiles").text
+        assert driver.title.startswith("✖ 7")
+        driver.save_screenshot(str(tmp_path / "status-sixty-policies.png"))
+        driver.get(f"http://{page.address}/?problems")
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#policies tbody tr[data-key]")) == 5, 20)
+        assert "55 more not shown (problems only)" in driver.find_element(By.ID, "policies").text
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#aim_sets tbody tr[data-key]")) == 2
+        driver.save_screenshot(str(tmp_path / "status-problems-only.png"))
+        driver.get(f"http://{page.address}/")
+        box = driver.find_element(By.ID, "filter")
+        wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#policies tbody tr[data-key]")) == 60, 20)
+        box.send_keys("vol03")
+        wait_for(lambda: [r.get_attribute("data-key") for r in
+                          driver.find_elements(By.CSS_SELECTOR, "#policies tbody tr[data-key]")][:1] == ["vol031-15m"], 10)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#policies tbody tr[data-key]")) == 10
+    finally:
+        driver.quit()
+        page.close()
+        shot_dir = __import__("os").environ.get("AIMSNAP_SCREENSHOTS")
+        if shot_dir:
             for f in tmp_path.glob("*.png"):
                 shutil.copy(f, shot_dir)

@@ -32,6 +32,8 @@ def test_the_report_has_axes_an_objective_line_failures_and_a_table(tmp_path):
             store.record_marker(None, "db", "prod", {"aim_set": "a", "id": i, "state": "applied", "point": f"db.{i}",
                                                      "issued_at": iso(at), "applied_at": iso(at)})
     page = render(store, now=T0 + timedelta(hours=2))
+    assert "<div class='banner bad'>objective broken: db; 2 failed run(s)</div>" in page
+    assert "<div class='tile bad'><b>2</b>failed runs</div>" in page
     svgs = re.findall(r"<svg.*?</svg>", page, re.S)
     assert len(svgs) == 2  # the timeline and one RPO chart
     labels = re.findall(r'<text x="([\d.]+)"[^>]*text-anchor="(\w+)"[^>]*>(\d\d:\d\d)</text>', svgs[1])

@@ -188,3 +188,11 @@ def test_examples_validate():
     for f in files:
         res = aimsnap("policy", "validate", f)
         assert res.code == 0, (f, res.err)
+
+
+def test_the_watchdog_looks_at_every_aim_set_group_members_included():
+    import os
+    demo = os.path.join(os.path.dirname(__file__), "..", "..", "policies", "examples", "demo.yaml")
+    # logs-to-dr and fs01-to-dr are only named as members of the group `app`; db01-direct by no policy
+    assert load_policies([demo]).aim_sets() == [("prod", n) for n in (
+        "db01-ci-to-dr", "db01-direct", "erp-to-dr", "fs01-to-dr", "logs-to-dr")]
