@@ -11,10 +11,10 @@
 The engine imports nothing from ``policies`` or ``orchestrator``.
 """
 
-from .errors import AlreadyExists, Conflict, EngineError, InvalidInput, NotFound
+from .errors import AlreadyExists, Conflict, EngineError, Forbidden, InvalidInput, NotFound
 from .node import Node
 from .storage.units import format_size, parse_size
 from .storage.volume import read_chunks
 
-__all__ = ["AlreadyExists", "Conflict", "EngineError", "InvalidInput", "Node", "NotFound",
+__all__ = ["AlreadyExists", "Conflict", "EngineError", "Forbidden", "InvalidInput", "Node", "NotFound",
            "format_size", "parse_size", "read_chunks"]

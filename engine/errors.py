@@ -35,3 +35,9 @@ class Conflict(EngineError):
     """The state of the node does not allow the operation (in use, read-only, incomplete)."""
 
     http_status = 409
+
+
+class Forbidden(EngineError):
+    """The token's role does not allow the operation (HTTP 403; exit code 1)."""
+
+    http_status = 403

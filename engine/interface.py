@@ -102,5 +102,18 @@ class ReplicationAPI(Protocol):
     def delete_group(self, name: str) -> None: ...
 
 
+@runtime_checkable
+class AccessAPI(Protocol):
+    """API tokens with roles, and the audit trail of state-changing requests (:mod:`engine.access`)."""
+
+    def create_token(self, name: str, role: str) -> dict:
+        """``{"name", "role", "token"}``: the token is shown this once (it is kept hashed)."""
+    def list_tokens(self) -> list[dict]: ...
+    def revoke_token(self, name: str) -> None: ...
+    def audit(self, since: str | None = None, limit: int = 1000) -> list[dict]:
+        """State-changing requests at or after ``since`` (ISO time), oldest first."""
+
+
 class NodeAPI(StorageAPI, Protocol):
     replication: ReplicationAPI
+    access: AccessAPI

@@ -17,11 +17,13 @@ Lock order (every path takes them in this order, never the reverse):
    it reads its base from (a clone of a point observes nothing, so no path takes them the other way)
 4. leaf locks, held for a few statements and never while taking another: ``Meta``'s connection
    lock, ``JournalObserver.cond``, ``Markers.waiters`` and its stamp lock, ``GroupBarriers.cond``,
-   the receiver's stream map (``Targets.lock``), the listener's connection set
+   the receiver's stream map (``Targets.lock``), the listener's connection set, the tokens' and
+   the audit log's locks (``engine.access``)
 """
 
 from collections.abc import Callable
 
+from .access import Access
 from .aim import wire
 from .aim.replication import Replication
 from .storage.names import Clock, utcnow
@@ -36,6 +38,7 @@ class Node(Storage):
         """``connect`` opens a socket to a destination's AIM port and ``sleep`` waits between a
         sender's retries: tests pass a ``socketpair`` and a recorder."""
         super().__init__(root, clock=clock, create=create)
+        self.access = Access(self.root, clock)
         try:
             self.replication = Replication(self, connect=connect, sleep=sleep)  # AIM sets observe their volumes
             self.replication.load()

@@ -25,7 +25,7 @@ class Action:
 
 
 def reconcile(bundle: Bundle, *, dry_run: bool, nodes: Nodes | None = None) -> list[Action]:
-    nodes = nodes or Nodes(bundle)
+    nodes = nodes or Nodes(bundle, role="admin")
     actions = []
     try:
         for kind in ORDER:

@@ -4,6 +4,7 @@ import threading
 
 from engine import InvalidInput
 from engine.client.remote import RemoteNode
+from engine.net.secretfile import read_secret
 from engine.interface import NodeAPI
 from policies.model import Bundle
 
@@ -20,7 +21,7 @@ def read_file(path: str, what: str) -> str:
 def read_token(path: str | None) -> str:
     if not path:
         raise InvalidInput("--node needs --token-file (or $AIMSNAP_TOKEN_FILE): the node's API token")
-    token = read_file(path, "token file").strip()
+    token = read_secret(path, "token file").strip()
     if not token:
         raise InvalidInput(f"token file {path} is empty")
     return token
@@ -35,8 +36,10 @@ class Nodes:
     thread replaces its clients of an older one at its next call. :meth:`close`, at shutdown,
     after every run has ended, closes them all."""
 
-    def __init__(self, bundle: Bundle) -> None:
-        self.bundle = bundle
+    def __init__(self, bundle: Bundle, role: str = "operator") -> None:
+        """``role``: ``operator`` takes a node's ``operator_token_file`` where declared (the
+        scheduler, trigger, prune, plans: least privilege), ``admin`` its ``token_file`` (apply)."""
+        self.bundle, self.role = bundle, role
         self.generation = 0
         self._local = threading.local()
         self._all: set[RemoteNode] = set()
@@ -56,7 +59,9 @@ class Nodes:
         clients = local.clients
         if name not in clients:
             spec = self.bundle.nodes[name]
-            clients[name] = RemoteNode(spec.api, read_token(spec.token_file))
+            token_file = spec.operator_token_file if self.role == "operator" and spec.operator_token_file \
+                else spec.token_file
+            clients[name] = RemoteNode(spec.api, read_token(token_file), ca=spec.api_tls_ca)
             with self._lock:
                 self._all.add(clients[name])
         return clients[name]

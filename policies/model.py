@@ -15,6 +15,8 @@ class NodeSpec:
     aim_tls_ca: str | None
     where: Where
     nbd: str | None = None  # HOST:PORT of its NBD server, where a dr-test's check reaches its clone
+    operator_token_file: str | None = None  # absolute; what the scheduler uses when given (least privilege)
+    api_tls_ca: str | None = None  # absolute; the CA its https:// API must present
 
 
 @dataclass(frozen=True)

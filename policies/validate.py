@@ -107,11 +107,12 @@ class _Semantics:
                                                    f"{self.b.nodes[name].where})", key=True)
                     continue
                 base = os.path.dirname(os.path.abspath(doc.file))
-                self.b.nodes[name] = NodeSpec(name, str(spec.get("api", "")),
-                                              os.path.join(base, str(spec.get("token_file", ""))),
-                                              spec.get("aim"), spec.get("aim_tls_ca") and os.path.join(
-                                                  base, str(spec["aim_tls_ca"])), doc.lazy_where(("nodes", name), True),
-                                              spec.get("nbd"))
+
+                def path(key: str) -> str | None:
+                    return os.path.join(base, str(spec[key])) if spec.get(key) else None  # noqa: B023
+                self.b.nodes[name] = NodeSpec(name, str(spec.get("api", "")), path("token_file") or base,
+                                              spec.get("aim"), path("aim_tls_ca"), doc.lazy_where(("nodes", name), True),
+                                              spec.get("nbd"), path("operator_token_file"), path("api_tls_ca"))
         for section, kind, i, item in resource_items(doc):
             if not isinstance(item.get("name"), str):
                 continue

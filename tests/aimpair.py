@@ -14,15 +14,18 @@ class Side:
     """One node. ``boot`` gives the command prefix of each start (e.g. a fresh boot id), and
     ``log_path`` where its output goes (default beside the root)."""
 
-    def __init__(self, root: str, *, boot: Callable[[], tuple[str, ...]] = tuple, log_path: str | None = None) -> None:
-        self.root, self.boot, self.log_path = root, boot, log_path
+    def __init__(self, root: str, *, boot: Callable[[], tuple[str, ...]] = tuple, log_path: str | None = None,
+                 extra: tuple[str, ...] = (), ca: str | None = None) -> None:
+        """``extra``: more ``node serve`` options (TLS); ``ca``: what its https:// API must present."""
+        self.root, self.boot, self.log_path, self.extra, self.ca = root, boot, log_path, extra, ca
         self.ports: dict = {}
         self.start()
-        self.ports = {"api": self.proc.api.removeprefix("http://"), "nbd": self.proc.nbd, "aim": self.proc.aim}
+        self.ports = {"api": self.proc.api.partition("://")[2], "nbd": self.proc.nbd, "aim": self.proc.aim}
 
     def start(self) -> None:
-        self.proc: NodeProc = start_node(self.root, ports=self.ports, prefix=self.boot(), log_path=self.log_path)
-        self.api = RemoteNode(self.proc.api, self.proc.token, timeout=120)
+        self.proc: NodeProc = start_node(self.root, ports=self.ports, prefix=self.boot(), log_path=self.log_path,
+                                         extra=self.extra)
+        self.api = RemoteNode(self.proc.api, self.proc.token, timeout=120, ca=self.ca)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         self.api.close()

@@ -1,5 +1,6 @@
 """A TCP proxy on loopback that can drop every connection or corrupt bytes in flight, to test
-what the AIM stream does on a bad network."""
+what the AIM stream does on a bad network, and record every byte it carries (what a wiretap on
+the link would see)."""
 
 import random
 import socket
@@ -7,7 +8,7 @@ import threading
 
 
 class Proxy:
-    def __init__(self, target: str, seed: int = 0) -> None:
+    def __init__(self, target: str, seed: int = 0, record: bool = False) -> None:
         host, port = target.rsplit(":", 1)
         self.target = (host, int(port))
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -18,6 +19,7 @@ class Proxy:
         self.corrupt_next = 0  # corrupt this many upcoming source->destination chunks
         self.corrupted = self.dropped = 0
         self.closed = False
+        self.record, self.seen = record, bytearray()  # with record: every byte carried, both ways
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -46,6 +48,9 @@ class Proxy:
                             buf = bytearray(data)
                             buf[self.rng.randrange(len(buf))] ^= 1 << self.rng.randrange(8)
                             data = bytes(buf)
+                if self.record:
+                    with self.lock:
+                        self.seen += data
                 dst.sendall(data)
         except OSError:
             pass

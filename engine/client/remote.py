@@ -9,12 +9,14 @@ import http.client
 import inspect
 import json
 import socket
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
 
 from .. import errors
 from ..errors import EngineError
+from ..net.tls import client_tls
 from ..routes import MAX_WAIT, ROUTES, Route
 
 
@@ -25,20 +27,34 @@ class NodeUnreachable(EngineError):
 
 
 _ERRORS = {cls.__name__: cls for cls in (errors.InvalidInput, errors.NotFound, errors.AlreadyExists,
-                                          errors.Conflict, errors.EngineError)}
+                                          errors.Conflict, errors.Forbidden, errors.EngineError)}
 
 
 class Http:
-    """One keep-alive HTTP connection to a node, with its token; errors become engine errors."""
+    """One keep-alive HTTP(S) connection to a node, with its token; errors become engine errors.
 
-    def __init__(self, url: str, token: str, timeout: float) -> None:
+    Over ``https://`` the node must present a certificate signed by ``ca`` (a CA file, or the
+    node's self-signed certificate itself: the pinned certificate is the identity, as for the AIM
+    port, so nodes addressed by IP need no matching name), else the system's trusted CAs with the
+    host name checked."""
+
+    def __init__(self, url: str, token: str, timeout: float, ca: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise errors.InvalidInput(f"invalid node address {url!r}: write http://HOST:PORT")
+            raise errors.InvalidInput(f"invalid node address {url!r}: write https://HOST:PORT (or http://)")
         self.url = f"{parsed.scheme}://{parsed.netloc}"
         self.token = token
-        cls = http.client.HTTPSConnection if parsed.scheme == "https" else http.client.HTTPConnection
-        self.conn = cls(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80), timeout=timeout)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        if parsed.scheme == "https":
+            try:
+                context = client_tls(ca) if ca else ssl.create_default_context()
+            except (OSError, ssl.SSLError) as e:
+                raise errors.InvalidInput(f"cannot load the node CA file {ca}: {getattr(e, 'strerror', None) or e}") \
+                    from None
+            self.conn: http.client.HTTPConnection = http.client.HTTPSConnection(parsed.hostname, port,
+                                                                                 timeout=timeout, context=context)
+        else:
+            self.conn = http.client.HTTPConnection(parsed.hostname, port, timeout=timeout)
 
     def call(self, route: Route, params: dict) -> object:
         """Send one route's request: path parameters, query, then the JSON body or raw data."""
@@ -68,7 +84,7 @@ class Http:
             raw = resp.read()
         except (ConnectionError, socket.timeout, socket.gaierror, OSError, http.client.HTTPException) as e:
             self.conn.close()
-            raise NodeUnreachable(f"node {self.url} is unreachable: {getattr(e, 'strerror', None) or e}") from None
+            raise NodeUnreachable(self._unreachable(e)) from None
         if resp.status == 401:
             raise EngineError(f"node {self.url} refused the token (401): check --token-file")
         if resp.status >= 400:
@@ -84,6 +100,20 @@ class Http:
         if resp.getheader("Content-Type", "").startswith("application/json"):
             return json.loads(raw)
         return raw
+
+    def _unreachable(self, e: Exception) -> str:
+        """Why, in the operator's words: a certificate not trusted, TLS spoken to a plain port or
+        plain HTTP to a TLS port, or the network."""
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return (f"node {self.url} presented a certificate that is not trusted ({e.verify_message}): "
+                    "give its CA or certificate with --node-ca (or $AIMSNAP_NODE_CA; api_tls_ca in policies)")
+        if isinstance(e, ssl.SSLError):
+            hint = " (is it an http:// node?)" if "WRONG_VERSION_NUMBER" in str(e) or "wrong version" in str(e) else ""
+            return f"node {self.url}: TLS failed: {e.reason or e}{hint}"
+        if self.url.startswith("http://") and isinstance(e, (http.client.RemoteDisconnected, http.client.BadStatusLine,
+                                                              ConnectionResetError)):
+            return f"node {self.url} closed the connection without an HTTP answer (is it an https:// node?)"
+        return f"node {self.url} is unreachable: {getattr(e, 'strerror', None) or e}"
 
     def close(self) -> None:
         self.conn.close()
@@ -118,11 +148,19 @@ class RemoteReplication:
                 return m
 
 
+class RemoteAccess:
+    """The node's ``access`` methods (tokens, audit) over the control API."""
+
+    def __init__(self, http_: Http) -> None:
+        self._http = http_
+
+
 class RemoteNode:
-    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
-        self._http = Http(url, token, timeout)
+    def __init__(self, url: str, token: str, timeout: float = 60.0, ca: str | None = None) -> None:
+        self._http = Http(url, token, timeout, ca)
         self.url = self._http.url
         self.replication = RemoteReplication(self._http)
+        self.access = RemoteAccess(self._http)
 
     def metrics(self) -> str:
         """The node's Prometheus exposition (not a route of the interface: a local root has none)."""
@@ -132,7 +170,8 @@ class RemoteNode:
         self._http.close()
 
 
+_OWNERS = {"": RemoteNode, "replication": RemoteReplication, "access": RemoteAccess}
 for _route in ROUTES:
     _owner, _, _name = _route.op.rpartition(".")
-    _cls = RemoteReplication if _owner == "replication" else RemoteNode
+    _cls = _OWNERS[_owner]
     setattr(_cls, "_wait_once" if _route.op == "replication.wait" else _name, _method(_route))

@@ -2,8 +2,11 @@
 
 The same table builds the aiohttp router, validates requests (JSON Schema), and generates
 ``/v1/openapi.json``; the remote client is built from it too. Every route but ``/healthz`` needs
-the bearer token. Engine errors become 4xx JSON bodies ``{"error": {"type", "message"}}``; a
-malformed or oversized request is a 4xx, never a 5xx.
+a bearer token, checked before anything else (an unauthenticated client learns nothing, not even
+whether a path or a volume exists: 401 for all), then the token's role against the route's
+(403 with the reason). Every state-changing request is written to the audit trail, with its
+result, before the answer leaves. Engine errors become 4xx JSON bodies ``{"error": {"type",
+"message"}}``; a malformed or oversized request is a 4xx, never a 5xx.
 """
 
 import asyncio
@@ -12,13 +15,18 @@ import hmac
 import json
 import os
 from collections.abc import Callable
+from datetime import datetime, timezone
 
 import jsonschema
 from aiohttp import web
 
-from ..errors import EngineError, InvalidInput
+from ..access import NODE_TOKEN, allows
+from ..errors import EngineError, Forbidden, InvalidInput
 from ..node import Node
 from ..routes import MAX_DATA, ROUTES, Route
+from ..storage.names import iso
+
+SECRET_FIELDS = ("token", "tls_ca")  # never echoed in an error message (a body's values may be secrets)
 
 def error_response(status: int, kind: str, message: str, **headers: str) -> web.Response:
     return web.json_response({"error": {"type": kind, "message": message}}, status=status, headers=headers)
@@ -70,6 +78,8 @@ async def _parse_body(route: Route, request: web.Request) -> dict:
     if errors:
         e = errors[0]
         where = "/".join(str(p) for p in e.path) or "body"
+        if e.path and e.path[0] in SECRET_FIELDS:  # say what is wrong, never the value
+            raise InvalidInput(f"{where}: invalid ({e.validator} {e.validator_value!r})")
         raise InvalidInput(f"{where}: {e.message}")
     return body
 
@@ -86,18 +96,42 @@ def _handler(node: Node, route: Route):
             return web.Response(status=204)
         return web.json_response(result if result is not None else {"ok": True}, status=route.status,
                                  dumps=lambda o: json.dumps(o, default=str))
+    handle.route = route  # type: ignore[attr-defined]  # the guard checks its role and audits it
     return handle
 
 
-def make_app(node: Node, token: str, metrics: Callable[[], bytes] | None = None) -> web.Application:
+def make_app(node: Node, token: str, metrics: Callable[[], bytes] | None = None,
+             clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> web.Application:
+    def identify(request: web.Request) -> tuple[str, str] | None:
+        """(name, role) of the request's bearer token, or None."""
+        supplied = request.headers.get("Authorization", "")
+        if not supplied.startswith("Bearer "):
+            return None
+        if hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            return NODE_TOKEN, "admin"
+        return node.access.tokens.lookup(supplied[len("Bearer "):])
+
     @web.middleware
     async def guard(request: web.Request, handler) -> web.StreamResponse:
+        who = None
         if request.path != "/healthz":
-            supplied = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            who = identify(request)
+            if who is None:
                 return error_response(401, "Unauthorized", "a valid bearer token is required",
                                       **{"WWW-Authenticate": 'Bearer realm="aimsnap"'})
+        route: Route | None = getattr(request.match_info.handler, "route", None)
+        response = await _answer(request, handler, who, route)
+        if request.method not in ("GET", "HEAD") and who is not None:
+            await asyncio.to_thread(node.access.log.record, _audit_entry(request, who, route, response, clock()))
+        return response
+
+    async def _answer(request: web.Request, handler, who: tuple[str, str] | None,
+                      route: Route | None) -> web.StreamResponse:
         try:
+            need = route.role if route else "read"
+            if who is not None and not allows(who[1], need):
+                raise Forbidden(f"token {who[0]!r} has role {who[1]}: {request.method} {request.path} needs "
+                                f"{need} (node token create NAME --role {need})")
             return await handler(request)
         except EngineError as e:
             return error_response(e.http_status, type(e).__name__, str(e))
@@ -128,6 +162,20 @@ def make_app(node: Node, token: str, metrics: Callable[[], bytes] | None = None)
                                 content_type="text/plain", charset="utf-8")
         app.router.add_get("/metrics", metrics_handler)
     return app
+
+
+def _audit_entry(request: web.Request, who: tuple[str, str], route: Route | None, response: web.StreamResponse,
+                 now: datetime) -> dict:
+    """One line of the audit trail: no body, no query values but the names (they are not secret:
+    offsets, flags), the error's message when refused."""
+    entry = {"at": iso(now), "token": who[0], "role": who[1], "remote": request.remote, "method": request.method,
+             "path": request.path, "op": route.op if route else None, "status": response.status}
+    if response.status >= 400 and isinstance(response, web.Response) and response.body:
+        try:
+            entry["error"] = json.loads(response.body)["error"]["message"]  # type: ignore[arg-type]
+        except (ValueError, KeyError, TypeError):
+            pass
+    return entry
 
 
 def openapi() -> dict:

@@ -6,12 +6,14 @@ close the node cleanly, exit 0.
 """
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from aiohttp import web
 
 from ..aim.receiver import Receiver
 from ..errors import InvalidInput
+from ..net.secretfile import check_private, read_secret
 from ..net.tls import server_tls
 from ..node import Node
 from ..storage.fsutil import atomic_write, make_dir, write_new
@@ -42,6 +45,13 @@ class Listen:
             raise InvalidInput(f"invalid --{what} address {text!r}: write HOST:PORT, e.g. 127.0.0.1:7410")
         return cls(host.strip("[]") or "127.0.0.1", int(port))
 
+    @property
+    def loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
     def bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
@@ -53,8 +63,7 @@ class Listen:
 def load_or_create_token(path: str) -> tuple[str, bool]:
     """The node's API token; created (random, mode 0600) if the file is absent."""
     if os.path.exists(path):
-        with open(path) as f:
-            token = f.read().strip()
+        token = read_secret(path, "token file").strip()
         if len(token) < 16:
             raise InvalidInput(f"token file {path} holds no usable token (at least 16 characters)")
         return token, False
@@ -69,23 +78,23 @@ def _address(sock: socket.socket) -> str:
 
 
 async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None,
-                aim_tls: tuple[str, str] | None = None) -> None:
+                aim_tls: ssl.SSLContext | None = None, api_tls: ssl.SSLContext | None = None) -> None:
     make_dir(root)
     token_file = token_file or os.path.join(root, "api.token")
     token, created = load_or_create_token(token_file)
     sockets = {"api": api.bind(), "nbd": nbd.bind(), "aim": aim.bind()}
     node = Node(root)
     nbd_server = NbdServer(node)
-    receiver = Receiver(node, token, server_tls(*aim_tls) if aim_tls else None)
+    receiver = Receiver(node, token, aim_tls)
     metrics = NodeMetrics(node, receiver)
     runner = web.AppRunner(make_app(node, token, metrics.render), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.SockSite(runner, sockets["api"]).start()
+    await web.SockSite(runner, sockets["api"], ssl_context=api_tls).start()
     nbd_server.start(sockets["nbd"])
     receiver.start(sockets["aim"])
     node.replication.start()
 
-    addresses = {"api": f"http://{_address(sockets['api'])}", "nbd": _address(sockets["nbd"]),
+    addresses = {"api": f"{'https' if api_tls else 'http'}://{_address(sockets['api'])}", "nbd": _address(sockets["nbd"]),
                  "aim": _address(sockets["aim"]), "pid": os.getpid(), "token_file": os.path.abspath(token_file)}
     atomic_write(os.path.join(root, "node.json"), json.dumps(addresses, indent=2).encode())
     if created:
@@ -108,16 +117,33 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
     print("aimsnap node stopped cleanly", flush=True)
 
 
+def load_tls(cert: str | None, key: str | None, what: str, flag: str) -> ssl.SSLContext | None:
+    """A server TLS context from ``--FLAG-tls-cert/--FLAG-tls-key``, or None; a clear error now,
+    at start, for a missing half, a key others may read, or files that do not load."""
+    if bool(cert) != bool(key):
+        raise InvalidInput(f"TLS on the {what} needs both --{flag}-tls-cert and --{flag}-tls-key")
+    if not cert or not key:
+        return None
+    check_private(key, f"the {what}'s TLS key file")
+    try:
+        return server_tls(cert, key)
+    except (OSError, ValueError, ssl.SSLError) as e:
+        raise InvalidInput(f"cannot load the {what}'s TLS certificate or key: {e}") from None
+
+
 def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
-        aim_tls_cert: str | None = None, aim_tls_key: str | None = None) -> int:
+        aim_tls_cert: str | None = None, aim_tls_key: str | None = None, api_tls_cert: str | None = None,
+        api_tls_key: str | None = None, insecure_http: bool = False) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     listens = (Listen.parse(api, "api"), Listen.parse(nbd, "nbd"), Listen.parse(aim, "aim"))
-    if bool(aim_tls_cert) != bool(aim_tls_key):
-        raise InvalidInput("TLS on the AIM port needs both --aim-tls-cert and --aim-tls-key")
-    if aim_tls_cert:
-        try:
-            server_tls(aim_tls_cert, aim_tls_key)  # fail now, with a clear message
-        except (OSError, ValueError) as e:
-            raise InvalidInput(f"cannot load the AIM TLS certificate or key: {e}") from None
-    asyncio.run(serve(root, *listens, token_file, (aim_tls_cert, aim_tls_key) if aim_tls_cert else None))
+    aim_ctx = load_tls(aim_tls_cert, aim_tls_key, "AIM port", "aim")
+    api_ctx = load_tls(api_tls_cert, api_tls_key, "control API", "api")
+    if api_ctx is None and not listens[0].loopback:
+        if aim_ctx is not None and not insecure_http:  # TLS is wanted here, but not for the token
+            raise InvalidInput(f"the control API on {api} (not loopback) would be plain HTTP while the AIM port has "
+                               "TLS: its bearer token would cross the network in clear text. Give --api-tls-cert and "
+                               "--api-tls-key, or --insecure-http to accept that")
+        log.warning("the control API on %s is plain HTTP on a non-loopback address: its bearer token crosses the "
+                    "network in clear text (serve it with --api-tls-cert/--api-tls-key)", api)
+    asyncio.run(serve(root, *listens, token_file, aim_ctx, api_ctx))
     return 0

@@ -14,7 +14,7 @@ from email.message import EmailMessage
 from policies.durations import parse_duration
 from policies.model import Receiver
 
-from ..nodes import read_file
+from engine.net.secretfile import read_secret
 
 SCHEMA_VERSION = 1
 
@@ -56,7 +56,7 @@ def _webhook(spec: dict, n: dict) -> None:
     req = urllib.request.Request(spec["url"], data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json", "User-Agent": "aimsnap"})
     if spec.get("token_file"):
-        req.add_header("Authorization", f"Bearer {read_file(spec['token_file'], 'webhook token file').strip()}")
+        req.add_header("Authorization", f"Bearer {read_secret(spec['token_file'], 'webhook token file').strip()}")
     try:
         with urllib.request.urlopen(req, timeout=_timeout(spec)) as resp:
             resp.read()
@@ -85,8 +85,8 @@ def _email(spec: dict, n: dict) -> None:
             if spec.get("starttls"):
                 smtp.starttls(context=ssl.create_default_context())
             if spec.get("user_file"):
-                smtp.login(read_file(spec["user_file"], "SMTP user file").strip(),
-                           read_file(spec["password_file"], "SMTP password file").strip())
+                smtp.login(read_secret(spec["user_file"], "SMTP user file").strip(),
+                           read_secret(spec["password_file"], "SMTP password file").strip())
             smtp.send_message(msg)
     except (smtplib.SMTPException, OSError) as e:
         raise DeliveryError(f"the SMTP server {spec['smtp']} failed: {e}") from None

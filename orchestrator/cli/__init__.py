@@ -22,14 +22,16 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 @click.option("--root", envvar="AIMSNAP_ROOT", default="./aimsnap-data", show_default=True,
               type=click.Path(file_okay=False), help="The node root directory for local verbs ($AIMSNAP_ROOT).")
 @click.option("--node", "node_url", envvar="AIMSNAP_NODE", default=None,
-              help="Act on a node's control API instead, e.g. http://127.0.0.1:7410 ($AIMSNAP_NODE).")
+              help="Act on a node's control API instead, e.g. https://10.1.0.21:7410 ($AIMSNAP_NODE).")
 @click.option("--token-file", envvar="AIMSNAP_TOKEN_FILE", default=None, type=click.Path(dir_okay=False),
               help="The node's API token file, with --node ($AIMSNAP_TOKEN_FILE).")
+@click.option("--node-ca", envvar="AIMSNAP_NODE_CA", default=None, type=click.Path(dir_okay=False),
+              help="The CA (or self-signed certificate) an https:// node must present ($AIMSNAP_NODE_CA).")
 @click.version_option(package_name="aimsnap")
 @click.pass_context
-def cli(ctx: click.Context, root: str, node_url: str | None, token_file: str | None) -> None:
+def cli(ctx: click.Context, root: str, node_url: str | None, token_file: str | None, node_ca: str | None) -> None:
     """aimsnap: policy-based disaster recovery of block volumes (asynchronous IO mirroring with snapshots)."""
-    ctx.obj = storage.Target(root=root, node_url=node_url, token_file=token_file)
+    ctx.obj = storage.Target(root=root, node_url=node_url, token_file=token_file, node_ca=node_ca)
 
 
 for command in (*storage.COMMANDS, *recovery.COMMANDS, *aim.COMMANDS, *plans.COMMANDS, *alerts.COMMANDS,

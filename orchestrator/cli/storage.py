@@ -27,13 +27,14 @@ class Target:
     root: str
     node_url: str | None = None
     token_file: str | None = None
+    node_ca: str | None = None  # the CA an https:// node must present
 
     @contextlib.contextmanager
     def node(self, *, create: bool = False, timeout: float = 60.0) -> Iterator[NodeAPI]:
         """``timeout``: how long one control API request may take (a switchover's drain)."""
         node: NodeAPI
         if self.node_url:
-            node = RemoteNode(self.node_url, read_token(self.token_file), timeout)
+            node = RemoteNode(self.node_url, read_token(self.token_file), timeout, ca=self.node_ca)
         else:
             node = Node(self.root, create=create)
         try:

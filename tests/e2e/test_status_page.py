@@ -52,6 +52,7 @@ def test_the_status_page_turns_red_without_a_reload(pair, tmp_path):
     path.write_text(points_site(pair, OBJECTIVE))
     db = str(tmp_path / "o.db")
     (tmp_path / "page.token").write_text("page-token-0123456789\n")
+    (tmp_path / "page.token").chmod(0o600)
     assert aimsnap("apply", str(path)).code == 0
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -34,8 +34,9 @@ def smtp():
 
 
 def policy_file(tmp_path, hook_url: str, smtp_addr: str, extra_receivers: str = "", extra_routes: str = "") -> str:
-    (tmp_path / "hook.token").write_text("hook-secret-123\n")
-    (tmp_path / "n.token").write_text("x" * 20)
+    for name, text in (("hook.token", "hook-secret-123\n"), ("n.token", "x" * 20)):
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o600)
     text = f"""\
 version: 1
 nodes:

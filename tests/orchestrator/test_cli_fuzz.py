@@ -58,6 +58,7 @@ def test_every_verb_with_generated_flags_fails_cleanly(scratch, capsys, argv, re
     if remote:  # a node that is not there: exit 3, said in one line
         token = scratch / "token"
         token.write_text("t" * 20)
+        token.chmod(0o600)
         argv = ["--node", "http://127.0.0.1:1", "--token-file", str(token), *argv]
     code = run(argv)
     err = capsys.readouterr().err
