@@ -30,10 +30,12 @@ from policies.model import Bundle
 from policies.validate import load_policies
 
 from engine.client.remote import RemoteNode
+from engine.storage.fsutil import write_new
 
 from ..apply import reconcile
 from ..report import render
 from ..store import Store
+from .certs import CertsUnavailable, Pem, make_ca, make_cert
 from .hook import Hook
 from .localnode import NodeProc, start_node
 from .verify import Check, checks_table, mib, runs_table, traffic_table, verify
@@ -62,20 +64,40 @@ class Demo:
         self.control: ControlServer | None = None
         self.hook = Hook()  # every alert the orchestrator sends
         self.http = f"127.0.0.1:{_free_port()}"  # the orchestrator's live status page
+        self.ca: Pem | None = None  # the private CA of the nodes' HTTPS control APIs
+        self.plain_why = ""  # why they serve plain HTTP, if they do
         self.policy_file = os.path.join(work, "demo.yaml")
         self.db = os.path.join(work, "aimsnap.db")
         self.html = os.path.join(results, "report.html")
 
     # -- setting up ---------------------------------------------------------------------------------------
     def start_sites(self) -> None:
+        """Both nodes serve their control API over HTTPS and their AIM port over TLS (a private CA
+        made here) where this machine has ``openssl``, and make the orchestrator a token of role
+        operator."""
+        tls: tuple[str, ...] = ()
+        try:
+            pki = os.path.join(self.work, "pki")
+            self.ca = make_ca(pki, cn="aimsnap demo CA")
+            server = make_cert(pki, self.ca, "node", "aimsnap demo node")
+            tls = ("--api-tls-cert", server.cert, "--api-tls-key", server.key,
+                   "--aim-tls-cert", server.cert, "--aim-tls-key", server.key)
+        except CertsUnavailable as e:
+            self.ca, self.plain_why = None, str(e)
         for name in ("prod", "dr"):
-            self.sites[name] = start_node(os.path.join(self.work, name), new_session=True)
-            self.clients[name] = RemoteNode(self.sites[name].api, self.sites[name].token, timeout=120)
+            self.sites[name] = start_node(os.path.join(self.work, name), new_session=True, extra=tls)
+            client = self.clients[name] = RemoteNode(self.sites[name].api, self.sites[name].token, timeout=120,
+                                                     ca=self.ca and self.ca.cert)
+            token = client.access.create_token("demo-orchestrator", "operator")["token"]
+            write_new(os.path.join(self.work, f"{name}-operator.token"), f"{token}\n".encode())
 
     def write_policies(self) -> Bundle:
         doc = load_text(str(EXAMPLE), EXAMPLE.read_text())[0].data  # as aimsnap reads it (`on:` is a key)
         for name, site in self.sites.items():
-            doc["nodes"][name] = {"api": site.api, "token_file": site.token_file, "aim": site.aim, "nbd": site.nbd}
+            doc["nodes"][name] = {"api": site.api, "token_file": site.token_file, "aim": site.aim, "nbd": site.nbd,
+                                  "operator_token_file": os.path.join(self.work, f"{name}-operator.token")}
+            if self.ca:
+                doc["nodes"][name].update(api_tls_ca=self.ca.cert, aim_tls_ca=self.ca.cert)
         for receiver in doc["alerts"]["receivers"]:
             if receiver["name"] == RECEIVER:
                 receiver["webhook"]["url"] = self.hook.url
@@ -249,7 +271,9 @@ def _run(d: Demo, console: Console, seconds: int, rate: int, seed: int) -> int:
         d.start_sites()
         bundle = d.write_policies()
     console.print(f"nodes: prod {d.sites['prod'].api} (NBD {d.sites['prod'].nbd}), "
-                  f"dr {d.sites['dr'].api} (AIM {d.sites['dr'].aim})")
+                  f"dr {d.sites['dr'].api} (AIM {d.sites['dr'].aim})"
+                  + (f"; control APIs over HTTPS and AIM over TLS (CA {os.path.relpath(d.ca.cert)}), the "
+                     "orchestrator with operator tokens" if d.ca else f"; control APIs over plain HTTP: {d.plain_why}"))
     with console.status("aimsnap apply: creating volumes, snapshots, AIM sets, the group"):
         created = d.apply(bundle)
     console.print(f"applied {EXAMPLE.name}: {sum(a.action == 'created' for a in created)} resources created, "

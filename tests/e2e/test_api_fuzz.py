@@ -1,5 +1,6 @@
-"""A property-based fuzzer over the node's own OpenAPI document (schemathesis): whatever it
-sends, with or without the token, the node never answers 5xx and keeps serving."""
+"""A property-based fuzzer over the node's own OpenAPI document (schemathesis), over HTTPS (the
+node serves a certificate of a private CA): whatever it sends, with or without the token, the
+node never answers 5xx and keeps serving."""
 
 import pytest
 import schemathesis
@@ -14,8 +15,11 @@ schema = schemathesis.openapi.from_dict(openapi())
 
 
 @pytest.fixture(scope="module")
-def fuzzed_node(tmp_path_factory):
-    n = start_node(str(tmp_path_factory.mktemp("fuzz") / "node"))
+def fuzzed_node(tmp_path_factory, pki):
+    n = start_node(str(tmp_path_factory.mktemp("fuzz") / "node"),
+                   extra=("--api-tls-cert", pki["server"].cert, "--api-tls-key", pki["server"].key))
+    n.ca = pki["ca"].cert
+    assert n.api.startswith("https://")
     yield n
     assert n.stop() == 0, n.log()
 
@@ -24,7 +28,8 @@ def fuzzed_node(tmp_path_factory):
 @settings(max_examples=200 if FULL else 25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
 def test_no_server_errors(case, fuzzed_node):
-    response = case.call(base_url=fuzzed_node.api, headers={"Authorization": f"Bearer {fuzzed_node.token}"})
+    response = case.call(base_url=fuzzed_node.api, headers={"Authorization": f"Bearer {fuzzed_node.token}"},
+                         verify=fuzzed_node.ca)
     assert response.status_code < 500, (case.method, case.formatted_path, response.status_code, response.text[:300])
     if response.status_code >= 400:
         assert response.json()["error"]["message"]
@@ -36,5 +41,5 @@ def test_no_server_errors(case, fuzzed_node):
 def test_no_token_no_entry(case, fuzzed_node):
     if case.path == "/healthz":
         return
-    response = case.call(base_url=fuzzed_node.api)
+    response = case.call(base_url=fuzzed_node.api, verify=fuzzed_node.ca)
     assert response.status_code == 401

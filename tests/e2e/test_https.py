@@ -6,30 +6,17 @@ proxy between the CLI and the node (HTTPS) and between the nodes (AIM) never see
 while over plain HTTP it does (the tap works)."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from orchestrator.demo.certs import CertsUnavailable, make_ca, make_cert
 from orchestrator.demo.localnode import start_node
 
 from ..aimpair import Pair
 from ..cli import aimsnap
 from ..tcpproxy import Proxy
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("pki"))
-    try:
-        ca = make_ca(d)
-    except CertsUnavailable as e:
-        pytest.skip(str(e))
-    other = make_ca(d, "other", "another CA")
-    return {"ca": ca, "server": make_cert(d, ca, "server", "node"), "other": other}
 
 
 def tls_args(pki) -> tuple[str, ...]:
