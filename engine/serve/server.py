@@ -26,6 +26,7 @@ from ..storage.fsutil import atomic_write, make_dir, write_new
 from .api import make_app
 from .metrics import NodeMetrics
 from .nbd import NbdServer
+from .nbdtls import NbdTls
 
 log = logging.getLogger("aimsnap.node")
 
@@ -69,13 +70,13 @@ def _address(sock: socket.socket) -> str:
 
 
 async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None,
-                aim_tls: tuple[str, str] | None = None) -> None:
+                aim_tls: tuple[str, str] | None = None, nbd_tls: NbdTls | None = None) -> None:
     make_dir(root)
     token_file = token_file or os.path.join(root, "api.token")
     token, created = load_or_create_token(token_file)
     sockets = {"api": api.bind(), "nbd": nbd.bind(), "aim": aim.bind()}
     node = Node(root)
-    nbd_server = NbdServer(node)
+    nbd_server = NbdServer(node, tls=nbd_tls)
     receiver = Receiver(node, token, server_tls(*aim_tls) if aim_tls else None)
     metrics = NodeMetrics(node, receiver)
     runner = web.AppRunner(make_app(node, token, metrics.render), access_log=None, handle_signals=False)
@@ -90,7 +91,8 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
     atomic_write(os.path.join(root, "node.json"), json.dumps(addresses, indent=2).encode())
     if created:
         print(f"created token file {os.path.abspath(token_file)} (mode 0600)", flush=True)
-    print(f"aimsnap node serving {node.root}: api {addresses['api']}  nbd {addresses['nbd']}  "
+    nbd_mode = f" (TLS {nbd_tls.mode})" if nbd_tls else ""
+    print(f"aimsnap node serving {node.root}: api {addresses['api']}  nbd {addresses['nbd']}{nbd_mode}  "
           f"aim {addresses['aim']}", flush=True)
 
     stop = asyncio.Event()
@@ -109,7 +111,8 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
 
 
 def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
-        aim_tls_cert: str | None = None, aim_tls_key: str | None = None) -> int:
+        aim_tls_cert: str | None = None, aim_tls_key: str | None = None, nbd_tls: NbdTls | None = None) -> int:
+    """Serve until SIGTERM; ``nbd_tls`` is the NBD port's TLS policy (:func:`.nbdtls.configure`)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     listens = (Listen.parse(api, "api"), Listen.parse(nbd, "nbd"), Listen.parse(aim, "aim"))
     if bool(aim_tls_cert) != bool(aim_tls_key):
@@ -119,5 +122,5 @@ def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
             server_tls(aim_tls_cert, aim_tls_key)  # fail now, with a clear message
         except (OSError, ValueError) as e:
             raise InvalidInput(f"cannot load the AIM TLS certificate or key: {e}") from None
-    asyncio.run(serve(root, *listens, token_file, (aim_tls_cert, aim_tls_key) if aim_tls_cert else None))
+    asyncio.run(serve(root, *listens, token_file, (aim_tls_cert, aim_tls_key) if aim_tls_cert else None, nbd_tls))
     return 0
