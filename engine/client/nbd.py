@@ -3,11 +3,12 @@ workload writes through, and what tests use to send what real clients never send
 writes to read-only exports). Real clients (nbdcopy, qemu) are tested against the server too."""
 
 import socket
+import ssl
 import struct
 
 NBDMAGIC, IHAVEOPT, REPLY_MAGIC = 0x4E42444D41474943, 0x49484156454F5054, 0x0003E889045565A9
 REQUEST_MAGIC, SIMPLE_REPLY_MAGIC = 0x25609513, 0x67446698
-OPT_GO, REP_ACK, REP_INFO, INFO_EXPORT = 7, 1, 3, 0
+OPT_STARTTLS, OPT_GO, REP_ACK, REP_INFO, INFO_EXPORT = 5, 7, 1, 3, 0
 CMD_READ, CMD_WRITE, CMD_FLUSH = 0, 1, 3
 FLAG_FUA = 1
 
@@ -17,7 +18,8 @@ class NbdError(OSError):
 
 
 class NbdClient:
-    def __init__(self, address: str, export: str, timeout: float = 10.0) -> None:
+    def __init__(self, address: str, export: str, timeout: float = 10.0, tls: ssl.SSLContext | None = None) -> None:
+        """Connect and open ``export``; with ``tls``, start TLS first (``NBD_OPT_STARTTLS``)."""
         host, port = address.rsplit(":", 1)
         self.sock = socket.create_connection((host, int(port)), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -25,21 +27,33 @@ class NbdClient:
         if (magic, opt_magic) != (NBDMAGIC, IHAVEOPT):
             raise NbdError(f"{address} is not a newstyle NBD server")
         self.sock.sendall(struct.pack(">I", 3))  # fixed newstyle, no zeroes
+        if tls is not None:
+            self.option(OPT_STARTTLS)
+            rtype, payload = self.option_reply()
+            if rtype != REP_ACK:
+                raise NbdError(f"{address} refused STARTTLS: {rtype:#x} {payload.decode(errors='replace')}")
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         name = export.encode()
-        data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
-        self.sock.sendall(struct.pack(">QII", IHAVEOPT, OPT_GO, len(data)) + data)
+        self.option(OPT_GO, struct.pack(">I", len(name)) + name + struct.pack(">H", 0))
         self.size = self.flags = None
         while True:
-            magic, _opt, rtype, length = struct.unpack(">QIII", self._recv(20))
-            if magic != REPLY_MAGIC:
-                raise NbdError(f"bad option reply magic {magic:#x}")
-            payload = self._recv(length)
+            rtype, payload = self.option_reply()
             if rtype == REP_INFO and struct.unpack_from(">H", payload)[0] == INFO_EXPORT:
                 _, self.size, self.flags = struct.unpack(">HQH", payload)
             elif rtype == REP_ACK:
                 return
             elif rtype & (1 << 31):
                 raise NbdError(f"export {export!r} refused: {rtype:#x} {payload.decode(errors='replace')}")
+
+    def option(self, opt: int, data: bytes = b"") -> None:
+        self.sock.sendall(struct.pack(">QII", IHAVEOPT, opt, len(data)) + data)
+
+    def option_reply(self) -> tuple[int, bytes]:
+        """One reply to an option: (reply type, data)."""
+        magic, _opt, rtype, length = struct.unpack(">QIII", self._recv(20))
+        if magic != REPLY_MAGIC:
+            raise NbdError(f"bad option reply magic {magic:#x}")
+        return rtype, self._recv(length)
 
     def _recv(self, n: int) -> bytes:
         buf = bytearray()

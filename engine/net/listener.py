@@ -19,7 +19,7 @@ def shut(sock: socket.socket) -> None:
 class ThreadedListener:
     def __init__(self, name: str, handle: Callable[[socket.socket, object], None], max_connections: int = 64) -> None:
         self.name, self.handle, self.max_connections = name, handle, max_connections
-        self.connections: set[socket.socket] = set()
+        self.connections: dict[socket.socket, socket.socket] = {}  # accepted -> what it is now (a TLS wrapper)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
 
@@ -33,7 +33,7 @@ class ThreadedListener:
             shut(self._sock)
             self._sock.close()
         with self._lock:
-            for conn in self.connections:
+            for conn in self.connections.values():
                 shut(conn)
 
     def _accept(self) -> None:
@@ -48,8 +48,15 @@ class ThreadedListener:
                     log.warning("%s %s: refused: %d connections already", self.name, peer, self.max_connections)
                     conn.close()
                     continue
-                self.connections.add(conn)
+                self.connections[conn] = conn
             threading.Thread(target=self._run, args=(conn, peer), name=f"{self.name}-{peer}", daemon=True).start()
+
+    def replace(self, conn: socket.socket, wrapper: socket.socket) -> None:
+        """``conn`` (as accepted) now lives on as ``wrapper`` (TLS detaches the accepted socket):
+        stop() wakes the wrapper, and the wrapper is closed when the connection ends."""
+        with self._lock:
+            if conn in self.connections:  # not if stop() or the connection's end came first
+                self.connections[conn] = wrapper
 
     def _run(self, conn: socket.socket, peer: object) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -57,5 +64,6 @@ class ThreadedListener:
             self.handle(conn, peer)
         finally:
             with self._lock:
-                self.connections.discard(conn)
+                current = self.connections.pop(conn, conn)
+            current.close()
             conn.close()

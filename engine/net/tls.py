@@ -1,4 +1,5 @@
-"""TLS contexts for the node's channels (today the AIM port; the same rules for every channel)."""
+"""TLS contexts for the node's channels (the AIM port and NBD; the same rules for every channel:
+TLS 1.2 or later, certificates from PEM files)."""
 
 import ssl
 
@@ -18,3 +19,15 @@ def server_tls(cert_file: str, key_file: str) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert_file, key_file)
     return ctx
+
+
+def require_client_certificates(ctx: ssl.SSLContext, ca_file: str) -> None:
+    """Make a server context refuse, at the handshake, a client without a certificate signed by
+    ``ca_file`` (the certificate's subject is then the client's identity)."""
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(ca_file)
+
+
+def common_names(cert: dict | None) -> tuple[str, ...]:
+    """The subject commonName(s) of a peer certificate as ``SSLSocket.getpeercert()`` gives it."""
+    return tuple(value for rdn in (cert or {}).get("subject", ()) for key, value in rdn if key == "commonName")

@@ -1,8 +1,8 @@
 """An NBD server (fixed newstyle handshake, simple replies) over the node's exports.
 
 Written from the protocol document (NetworkBlockDevice/nbd, doc/proto.md). Options: EXPORT_NAME,
-ABORT, LIST, INFO, GO; anything else is answered ``NBD_REP_ERR_UNSUP`` (so clients fall back
-from structured replies). Commands: READ, WRITE, DISC, FLUSH, TRIM, WRITE_ZEROES (and CACHE as a
+ABORT, LIST, INFO, GO, and STARTTLS when TLS is configured (the policy: :mod:`.nbdtls`); anything
+else is answered ``NBD_REP_ERR_UNSUP`` (so clients fall back from structured replies). Commands: READ, WRITE, DISC, FLUSH, TRIM, WRITE_ZEROES (and CACHE as a
 no-op). Writes go through the volume write path; FLUSH and FUA make them durable before the reply.
 A malformed frame closes that connection only.
 """
@@ -10,13 +10,15 @@ A malformed frame closes that connection only.
 import errno
 import logging
 import socket
+import ssl
 import struct
 from typing import NamedTuple
 
-from . import exports
 from ..errors import Conflict, EngineError, InvalidInput, NotFound
 from ..net.listener import ThreadedListener
 from ..net.recvbuf import RecvBuffer, recv_exact
+from . import exports
+from .nbdtls import NbdTls, TlsFailed
 
 log = logging.getLogger("aimsnap.nbd")
 
@@ -27,9 +29,10 @@ REQUEST_MAGIC = 0x25609513
 SIMPLE_REPLY_MAGIC = 0x67446698
 
 FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1 << 0, 1 << 1
-OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
+OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO = 1, 2, 3, 5, 6, 7
 REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
-REP_ERR_UNSUP, REP_ERR_POLICY, REP_ERR_INVALID, REP_ERR_UNKNOWN = (1 << 31) + 1, (1 << 31) + 2, (1 << 31) + 3, (1 << 31) + 6
+REP_ERR_UNSUP, REP_ERR_POLICY, REP_ERR_INVALID = (1 << 31) + 1, (1 << 31) + 2, (1 << 31) + 3
+REP_ERR_TLS_REQD, REP_ERR_UNKNOWN = (1 << 31) + 5, (1 << 31) + 6
 INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
 
 TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_SEND_FUA = 1 << 0, 1 << 1, 1 << 2, 1 << 3
@@ -41,6 +44,7 @@ MAX_OPTION_DATA = 64 * 1024
 MAX_REQUEST = 32 << 20
 PREFERRED_BLOCK = 4096
 IOV_MAX = 1024
+TLS_SEND_CHUNK = 256 << 10  # replies joined up to this size per TLS write (TLS has no gathering write)
 
 _REQUEST = struct.Struct(">IHHQQI")
 _REPLY = struct.Struct(">IIQ")
@@ -65,27 +69,29 @@ class NbdServer:
     parallel while the GIL is released in those calls (the same shape as nbdkit's threads).
     Everything a client has queued is handled as one batch (see :class:`_Requests`)."""
 
-    def __init__(self, node, max_connections: int = 64) -> None:
-        self.node = node
+    def __init__(self, node, max_connections: int = 64, tls: NbdTls | None = None) -> None:
+        self.node, self.tls = node, tls
         self.listener = ThreadedListener("nbd", self._serve, max_connections)
         self.start, self.stop = self.listener.start, self.listener.stop
 
     def _serve(self, conn: socket.socket, peer: object) -> None:
         conn.settimeout(None)
         try:
-            export = self._handshake(conn)
+            export, conn = self._handshake(conn)
             if export is not None:
                 try:
                     self._transmission(export, conn)
                 finally:
                     self.node.hosts.closed(export.name)
-        except ProtocolError as e:
+        except (ProtocolError, TlsFailed) as e:
             log.warning("nbd %s: closing connection: %s", peer, e)
         except (ConnectionError, OSError):
             pass  # the client went away, or stop() closed the socket
 
     # -- handshake ---------------------------------------------------------------------------------
-    def _handshake(self, conn: socket.socket) -> exports.Export | None:
+    def _handshake(self, conn: socket.socket) -> tuple[exports.Export | None, socket.socket]:
+        """Option haggling until an export is open (or the client aborts); the export and the
+        socket to serve it on (a TLS wrapper of ``conn`` once STARTTLS succeeded)."""
         conn.sendall(struct.pack(">QQH", NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
         (client_flags,) = struct.unpack(">I", recv_exact(conn, 4))
         if client_flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES) or not client_flags & FLAG_FIXED_NEWSTYLE:
@@ -98,33 +104,73 @@ class NbdServer:
             if length > MAX_OPTION_DATA:
                 raise ProtocolError(f"option data of {length} bytes is too long")
             data = recv_exact(conn, length)
-            if opt == OPT_EXPORT_NAME:
-                try:
-                    export = exports.resolve(self.node, data.decode())
-                except (NotFound, UnicodeDecodeError):
-                    raise ProtocolError(f"no export {data[:100]!r}") from None
+            if opt == OPT_STARTTLS:
+                conn = self._starttls(conn, data)
+            elif self._tls_required(conn, opt):
+                pass  # refused until TLS is up
+            elif opt == OPT_EXPORT_NAME:
+                export = self._resolve(conn, data.decode("utf-8", "surrogateescape"))  # a bad name: no export
+                if export is None:
+                    raise ProtocolError(f"no export {data[:100]!r}")
                 return self._open(export, conn, struct.pack(">QH", export.size, _transmission_flags(export))
-                                  + (b"" if no_zeroes else bytes(124)))
-            if opt == OPT_ABORT:
+                                  + (b"" if no_zeroes else bytes(124))), conn
+            elif opt == OPT_ABORT:
                 _reply(conn, opt, REP_ACK)
-                return None
-            if opt == OPT_LIST:
+                return None, conn
+            elif opt == OPT_LIST:
                 self._list(conn, data)
             elif opt in (OPT_INFO, OPT_GO):
                 export = self._info(conn, opt, data)
                 if export is None:
                     continue
                 if opt == OPT_GO:
-                    return self._open(export, conn, _option_reply(opt, REP_ACK))
+                    return self._open(export, conn, _option_reply(opt, REP_ACK)), conn
                 _reply(conn, opt, REP_ACK)
             else:
                 _reply(conn, opt, REP_ERR_UNSUP, b"option not supported")
+
+    def _starttls(self, conn: socket.socket, data: bytes) -> socket.socket:
+        """Answer STARTTLS; after an ACK, haggling goes on over TLS (a failed handshake closes
+        the connection: the ACK is sent, there is no way back to plain text)."""
+        if self.tls is None:
+            _reply(conn, OPT_STARTTLS, REP_ERR_UNSUP, b"TLS is not configured on this server")
+        elif isinstance(conn, ssl.SSLSocket):
+            _reply(conn, OPT_STARTTLS, REP_ERR_INVALID, b"TLS is already started")
+        elif data:
+            _reply(conn, OPT_STARTTLS, REP_ERR_INVALID, b"STARTTLS takes no data")
+        else:
+            _reply(conn, OPT_STARTTLS, REP_ACK)
+            raw, conn = conn, self.tls.start(conn)
+            self.listener.replace(raw, conn)
+        return conn
+
+    def _tls_required(self, conn: socket.socket, opt: int) -> bool:
+        """In ``require`` mode before TLS: refuse ``opt`` (True), or let it through (ABORT)."""
+        if self.tls is None or not self.tls.required or isinstance(conn, ssl.SSLSocket) or opt == OPT_ABORT:
+            return False
+        if opt == OPT_EXPORT_NAME:  # it cannot be answered with an error
+            raise ProtocolError("NBD_OPT_EXPORT_NAME before STARTTLS, and TLS is required")
+        _reply(conn, opt, REP_ERR_TLS_REQD, b"TLS is required: send NBD_OPT_STARTTLS first")
+        return True
+
+    def _visible(self, conn: socket.socket, name: str) -> bool:
+        return self.tls is None or self.tls.may_open(conn, name)
+
+    def _resolve(self, conn: socket.socket, name: str) -> exports.Export | None:
+        """The export ``name`` if it exists and this client may open it, else None (the same
+        answer either way: existence is not revealed to a client the map refuses)."""
+        try:
+            return exports.resolve(self.node, name) if self._visible(conn, name) else None
+        except NotFound:
+            return None
 
     def _list(self, conn: socket.socket, data: bytes) -> None:
         if data:
             _reply(conn, OPT_LIST, REP_ERR_INVALID, b"LIST takes no data")
             return
         for name, description in exports.names(self.node):
+            if not self._visible(conn, name):
+                continue
             raw = name.encode()
             _reply(conn, OPT_LIST, REP_SERVER, struct.pack(">I", len(raw)) + raw + description.encode())
         _reply(conn, OPT_LIST, REP_ACK)
@@ -140,10 +186,9 @@ class NbdServer:
         except (struct.error, UnicodeDecodeError, ValueError):
             _reply(conn, opt, REP_ERR_INVALID, b"malformed INFO/GO request")
             return None
-        try:
-            export = exports.resolve(self.node, name)
-        except NotFound as e:
-            _reply(conn, opt, REP_ERR_UNKNOWN, str(e).encode())
+        export = self._resolve(conn, name)
+        if export is None:
+            _reply(conn, opt, REP_ERR_UNKNOWN, f"no export {name!r}".encode())
             return None
         _reply(conn, opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, export.size, _transmission_flags(export)))
         if INFO_NAME in requests:
@@ -270,6 +315,9 @@ class _Requests:
 
 def _send_all(conn: socket.socket, parts: list[bytes]) -> None:
     """Send a batch's replies with gathering writes: read data is not copied to be joined."""
+    if isinstance(conn, ssl.SSLSocket):
+        _send_all_tls(conn, parts)
+        return
     for i in range(0, len(parts), IOV_MAX):
         views = [memoryview(p) for p in parts[i:i + IOV_MAX]]
         while views:
@@ -278,6 +326,20 @@ def _send_all(conn: socket.socket, parts: list[bytes]) -> None:
                 sent -= len(views.pop(0))
             if views and sent:
                 views[0] = views[0][sent:]
+
+
+def _send_all_tls(conn: ssl.SSLSocket, parts: list[bytes]) -> None:
+    """A TLS socket has no ``sendmsg`` (and the data is copied to be encrypted anyway): join the
+    replies into writes of up to about :data:`TLS_SEND_CHUNK`, so that a batch of small replies
+    goes in a few TLS records, not one record per 16-byte header."""
+    pending = bytearray()
+    for part in parts:
+        pending += part
+        if len(pending) >= TLS_SEND_CHUNK:
+            conn.sendall(pending)
+            pending.clear()
+    if pending:
+        conn.sendall(pending)
 
 
 def _range_error(export: exports.Export, req: _Request) -> int:

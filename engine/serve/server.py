@@ -29,6 +29,7 @@ from ..storage.fsutil import atomic_write, make_dir, write_new
 from .api import make_app
 from .metrics import NodeMetrics
 from .nbd import NbdServer
+from .nbdtls import NbdTls
 
 log = logging.getLogger("aimsnap.node")
 
@@ -78,13 +79,14 @@ def _address(sock: socket.socket) -> str:
 
 
 async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None,
-                aim_tls: ssl.SSLContext | None = None, api_tls: ssl.SSLContext | None = None) -> None:
+                aim_tls: ssl.SSLContext | None = None, api_tls: ssl.SSLContext | None = None,
+                nbd_tls: NbdTls | None = None) -> None:
     make_dir(root)
     token_file = token_file or os.path.join(root, "api.token")
     token, created = load_or_create_token(token_file)
     sockets = {"api": api.bind(), "nbd": nbd.bind(), "aim": aim.bind()}
     node = Node(root)
-    nbd_server = NbdServer(node)
+    nbd_server = NbdServer(node, tls=nbd_tls)
     receiver = Receiver(node, token, aim_tls)
     metrics = NodeMetrics(node, receiver)
     runner = web.AppRunner(make_app(node, token, metrics.render), access_log=None, handle_signals=False)
@@ -99,7 +101,8 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
     atomic_write(os.path.join(root, "node.json"), json.dumps(addresses, indent=2).encode())
     if created:
         print(f"created token file {os.path.abspath(token_file)} (mode 0600)", flush=True)
-    print(f"aimsnap node serving {node.root}: api {addresses['api']}  nbd {addresses['nbd']}  "
+    nbd_mode = f" (TLS {nbd_tls.mode})" if nbd_tls else ""
+    print(f"aimsnap node serving {node.root}: api {addresses['api']}  nbd {addresses['nbd']}{nbd_mode}  "
           f"aim {addresses['aim']}", flush=True)
 
     stop = asyncio.Event()
@@ -133,17 +136,22 @@ def load_tls(cert: str | None, key: str | None, what: str, flag: str) -> ssl.SSL
 
 def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
         aim_tls_cert: str | None = None, aim_tls_key: str | None = None, api_tls_cert: str | None = None,
-        api_tls_key: str | None = None, insecure_http: bool = False) -> int:
+        api_tls_key: str | None = None, insecure_http: bool = False, nbd_tls: NbdTls | None = None) -> int:
+    """Serve until SIGTERM; ``nbd_tls`` is the NBD port's TLS policy (:func:`.nbdtls.configure`)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     listens = (Listen.parse(api, "api"), Listen.parse(nbd, "nbd"), Listen.parse(aim, "aim"))
     aim_ctx = load_tls(aim_tls_cert, aim_tls_key, "AIM port", "aim")
     api_ctx = load_tls(api_tls_cert, api_tls_key, "control API", "api")
     if api_ctx is None and not listens[0].loopback:
-        if aim_ctx is not None and not insecure_http:  # TLS is wanted here, but not for the token
-            raise InvalidInput(f"the control API on {api} (not loopback) would be plain HTTP while the AIM port has "
-                               "TLS: its bearer token would cross the network in clear text. Give --api-tls-cert and "
-                               "--api-tls-key, or --insecure-http to accept that")
+        if (aim_ctx or nbd_tls) and not insecure_http:  # TLS is wanted here, but not for the token
+            raise InvalidInput(f"the control API on {api} (not loopback) would be plain HTTP while "
+                               f"{'the AIM port' if aim_ctx else 'NBD'} has TLS: its bearer token would cross the "
+                               "network in clear text. Give --api-tls-cert and --api-tls-key, or --insecure-http "
+                               "to accept that")
         log.warning("the control API on %s is plain HTTP on a non-loopback address: its bearer token crosses the "
                     "network in clear text (serve it with --api-tls-cert/--api-tls-key)", api)
-    asyncio.run(serve(root, *listens, token_file, aim_ctx, api_ctx))
+    if nbd_tls is None and not listens[1].loopback:
+        log.warning("NBD on %s is plain and unauthenticated on a non-loopback address: whoever reaches it reads and "
+                    "writes the volumes (serve it with --nbd-tls require)", nbd)
+    asyncio.run(serve(root, *listens, token_file, aim_ctx, api_ctx, nbd_tls))
     return 0

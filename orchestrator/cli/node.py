@@ -33,14 +33,27 @@ def node() -> None:
 @click.option("--api-tls-key", default=None, type=click.Path(dir_okay=False), help="Its key (mode 0600).")
 @click.option("--insecure-http", is_flag=True,
               help="Allow a plain-HTTP control API on a non-loopback address while other ports have TLS.")
+@click.option("--nbd-tls", "nbd_tls_mode", type=click.Choice(["off", "on", "require"]), default="off",
+              show_default=True, help="NBD over TLS (STARTTLS): on = offered, plain clients still served; "
+              "require = every client must start TLS first.")
+@click.option("--nbd-tls-cert", default=None, type=click.Path(dir_okay=False), help="The NBD server certificate (PEM).")
+@click.option("--nbd-tls-key", default=None, type=click.Path(dir_okay=False), help="Its private key (PEM).")
+@click.option("--nbd-tls-client-ca", default=None, type=click.Path(dir_okay=False),
+              help="Require NBD clients to present a certificate signed by this CA (PEM; needs require).")
+@click.option("--nbd-tls-clients", default=None, type=click.Path(dir_okay=False),
+              help='JSON map of client certificate CN to the exports it may open (globs), e.g. '
+              '{"host1.example": ["db01", "erp*"]}; needs --nbd-tls-client-ca.')
 @click.pass_obj
 def serve(target, node_root: str | None, api: str, nbd: str, aim: str, serve_token_file: str | None,
           aim_tls_cert: str | None, aim_tls_key: str | None, api_tls_cert: str | None, api_tls_key: str | None,
-          insecure_http: bool) -> int:
+          insecure_http: bool, nbd_tls_mode: str, nbd_tls_cert: str | None, nbd_tls_key: str | None,
+          nbd_tls_client_ca: str | None, nbd_tls_clients: str | None) -> int:
     """Serve the control API, NBD exports and the AIM port of a node root until SIGTERM."""
-    from engine.serve import server  # aiohttp is heavy: only the node process needs it
+    # imported here: aiohttp is heavy, only the node process needs it
+    from engine.serve import nbdtls, server
+    nbd_tls = nbdtls.configure(nbd_tls_mode, nbd_tls_cert, nbd_tls_key, nbd_tls_client_ca, nbd_tls_clients)
     return server.run(node_root or target.root, api, nbd, aim, serve_token_file or target.token_file,
-                      aim_tls_cert, aim_tls_key, api_tls_cert, api_tls_key, insecure_http)
+                      aim_tls_cert, aim_tls_key, api_tls_cert, api_tls_key, insecure_http, nbd_tls)
 
 
 @node.group()
