@@ -182,6 +182,15 @@ def test_apply_and_run_over_https_run_with_an_operator_token(tmp_path, pki):
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0, open(tmp_path / "run.log").read()
+        # no secret anywhere an operator (or an attacker with read access) looks
+        said = [open(tmp_path / "run.log").read(), pair.src.log(), pair.dst.log(),
+                pair.src.api.metrics(), pair.dst.api.metrics()]
+        for verb in (("history", "--json"), ("history", "--events", "--json"), ("status", "--json")):
+            said.append(aimsnap(*verb, "--db", db).out.decode())
+        assert aimsnap("report", "--db", db, "--html", str(tmp_path / "r.html")).code == 0
+        said.append((tmp_path / "r.html").read_text())
+        secrets = [pair.src.proc.token, pair.dst.proc.token, *(f.read_text().strip() for f in ops.values())]
+        assert not [s for s in secrets for text in said if s in text]
         trail = remote(pair.src.proc, "node", "audit", "--json", ca=pki["ca"].cert).json()
         who = {(e["token"], e["method"], e["path"].split("/")[-1], e["status"]) for e in trail}
         assert ("node-token", "POST", "aim-sets", 201) in who  # apply

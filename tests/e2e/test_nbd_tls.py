@@ -22,6 +22,7 @@ from engine.client.nbd import NbdClient
 from engine.client.remote import RemoteNode
 from engine.serve import nbd
 from engine.serve.nbdtls import configure
+from orchestrator.demo.certs import make_ca, make_cert
 from orchestrator.demo.localnode import start_node
 
 pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("nbdcopy", "nbdinfo", "qemu-img", "openssl")),
@@ -33,21 +34,6 @@ FEW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck
 
 
 # -- certificates ------------------------------------------------------------------------------------
-def _openssl(*args: str, cwd: str) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _signed(pki: str, name: str, subject: str, ext: str) -> None:
-    """``name-key.pem`` and ``name-cert.pem``, signed by the CA in ``pki``."""
-    with open(os.path.join(pki, f"{name}.ext"), "w") as f:
-        f.write(ext)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}-key.pem", "-out", f"{name}.csr",
-             "-subj", subject, cwd=pki)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca-cert.pem", "-CAkey", "ca-key.pem",
-             "-CAcreateserial", "-days", "2", "-out", f"{name}-cert.pem", "-extfile", f"{name}.ext", cwd=pki)
-    os.chmod(os.path.join(pki, f"{name}-key.pem"), 0o600)
-
-
 def _client_dir(pki: str, name: str, ca: str, cert: str | None = None) -> str:
     """A directory as libnbd and qemu take it: ca-cert.pem (+ client-cert.pem, client-key.pem)."""
     d = os.path.join(pki, name)
@@ -79,17 +65,14 @@ class Pki:
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory) -> Pki:
-    root = str(tmp_path_factory.mktemp("pki"))
-    for ca, cn in (("ca", "aimsnap test CA"), ("other-ca", "another CA")):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}-key.pem", "-out",
-                 f"{ca}-cert.pem", "-subj", f"/CN={cn}", "-days", "2", cwd=root)
-        os.chmod(os.path.join(root, f"{ca}-key.pem"), 0o600)
-    _signed(root, "server", "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-            "extendedKeyUsage=serverAuth\n")
+    """Files laid out as libnbd and qemu take them (orchestrator.demo.certs makes them)."""
+    root = str(tmp_path_factory.mktemp("nbd-pki"))
+    ca = make_ca(root)
+    make_ca(root, "other-ca", "another CA")
+    make_cert(root, ca, "server", "localhost")
     for name, cn in (("a", CN_A), ("b", CN_B)):
-        _signed(root, name, f"/CN={cn}", "extendedKeyUsage=clientAuth\n")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "stranger-key.pem", "-out",
-             "stranger-cert.pem", "-subj", f"/CN={CN_A}", "-days", "2", cwd=root)  # A's name, not A's CA
+        make_cert(root, ca, name, cn, client=True)
+    make_ca(root, "stranger", CN_A)  # A's name, not from A's CA
     return Pki(root, _client_dir(root, "trust", "ca-cert.pem"), _client_dir(root, "client-a", "ca-cert.pem", "a"),
                _client_dir(root, "client-b", "ca-cert.pem", "b"), _client_dir(root, "other", "other-ca-cert.pem"),
                _client_dir(root, "stranger", "ca-cert.pem", "stranger"))

@@ -211,6 +211,7 @@ def test_remote_cli_and_unreachable(node, tmp_path):
     assert res.code == 2 and "cannot read token file" in res.err
     wrong = tmp_path / "wrong.token"
     wrong.write_text("not-the-token-at-all\n")
+    wrong.chmod(0o600)
     res = aimsnap("volume", "list", env={**node.cli_env(), "AIMSNAP_TOKEN_FILE": str(wrong)})
     assert res.code == 1 and "refused the token" in res.err
     with socket.socket() as s:

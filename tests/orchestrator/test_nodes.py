@@ -11,6 +11,7 @@ from .test_scheduler import POLICY
 
 def _bundle(tmp_path, api: str):
     (tmp_path / "t").write_text("token-token-token-token\n")
+    (tmp_path / "t").chmod(0o600)
     f = tmp_path / "p.yaml"
     f.write_text(POLICY.format(tz="UTC", catch_up="once", retries=0, timeout="10m").replace("http://127.0.0.1:1", api))
     return load_policies([str(f)])

@@ -64,6 +64,7 @@ def applied(n):
 
 def make(tmp_path, behaviour=applied, tz="UTC", catch_up="once", retries=0, timeout="10m"):
     (tmp_path / "t").write_text("token-token-token-token\n")
+    (tmp_path / "t").chmod(0o600)
     f = tmp_path / "p.yaml"
     f.write_text(POLICY.format(tz=tz, catch_up=catch_up, retries=retries, timeout=timeout))
     repl = FakeReplication(behaviour)
