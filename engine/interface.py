@@ -79,9 +79,10 @@ class ReplicationAPI(Protocol):
                  force: bool = False) -> dict:
         """At the destination: promote it (the set is fenced from now on), optionally rolled back
         to ``to_point`` or the point the last applied marker made; the volume is writable."""
-    def failback(self, name: str, source: str | None = None) -> dict:
+    def failback(self, name: str, source: str | None = None, tls_ca: str | None = None) -> dict:
         """At a failed-over destination: become the set's source toward the old source (at
-        ``source``, HOST:AIMPORT, else where it last connected from), sending only what differs."""
+        ``source``, HOST:AIMPORT, else where it last connected from), sending only what differs;
+        over TLS pinned to ``tls_ca`` (PEM), or to the certificate the old source gave."""
     def switchover(self, name: str, timeout: float = 300.0, abort: bool = False) -> dict:
         """At the source: swap roles with nothing lost (fence, drain, verify, promote); ``abort``
         lifts the fence of one that did not reach the destination."""

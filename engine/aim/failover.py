@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from typing import TYPE_CHECKING
 
@@ -23,9 +24,10 @@ from ..errors import Conflict, EngineError, InvalidInput, NotFound
 from ..storage.bitmap import count_bits
 from ..storage.names import iso
 from ..storage.snapshots import Differential
+from ..net.tls import client_tls
 from . import wire
-from .wire import parse_address
 from .roles import receive_bits
+from .wire import parse_address
 from .targets import Target, iso_ns
 
 if TYPE_CHECKING:
@@ -113,8 +115,10 @@ def _point_source_ns(repl: Replication, t: Target, origin: str) -> int:
     return 0
 
 
-def failback(repl: Replication, name: str, source: str | None = None) -> dict:
-    """This node becomes the source of ``name`` again, toward its old source, sending only what differs."""
+def failback(repl: Replication, name: str, source: str | None = None, tls_ca: str | None = None) -> dict:
+    """This node becomes the source of ``name`` again, toward its old source, sending only what
+    differs; over TLS when the old source's AIM certificate is known (``tls_ca``, PEM text, else
+    the one it gave when the set was made), pinned to it."""
     started = time.monotonic()
     with repl.roles.lock:
         done = repl.sets.get(name)
@@ -131,8 +135,13 @@ def failback(repl: Replication, name: str, source: str | None = None) -> dict:
         own_port = repl.local[0] if repl.local else 0
         change = repl.targets.changes.get(t.set_id)
         here = change.bitmap.count() if change else 0
+        pem = tls_ca or repl.targets.source_cert(t.set_id)
         try:
-            with repl.connect(host, port) as sock:
+            tls = client_tls(pem=pem) if pem else None
+        except ssl.SSLError as e:
+            raise InvalidInput(f"the old source's TLS certificate is not usable: {e}") from None
+        try:
+            with repl.connect(host, port, tls=tls) as sock:
                 sock.settimeout(600)
                 conn = wire.Connection(sock)
                 answer = wire.client_handshake(sock, token, {
@@ -142,12 +151,19 @@ def failback(repl: Replication, name: str, source: str | None = None) -> dict:
                 bits = receive_bits(conn, answer)
         except wire.WireError as e:
             raise Conflict(f"the old source {host}:{port} refused the failback: {e}") from None
+        except ssl.SSLCertVerificationError as e:
+            raise Conflict(f"the old source's AIM port {host}:{port} presented a certificate that is not the one "
+                           f"trusted ({e.verify_message}): give its certificate or CA with --tls-ca") from None
+        except ssl.SSLError as e:
+            raise EngineError(f"TLS to the old source's AIM port {host}:{port} failed: {e.reason or e}"
+                              + (" (it serves no TLS: fail back with --tls-ca only to a TLS port)"
+                                 if "WRONG_VERSION" in str(e) else "")) from None
         except OSError as e:
             raise EngineError(f"the old source's AIM port {host}:{port} is unreachable: {e.strerror or e}") from None
         vol = repl.storage.volume(t.volume)
         if len(bits) != (vol.nblocks + 7) // 8:
             raise Conflict("the old source's volume is not of this volume's size")
-        aim = repl.roles.become_source(t, host, port, t.source or name, extra=bits)
+        aim = repl.roles.become_source(t, host, port, t.source or name, extra=bits, tls_pem=pem)
     result = {"aim_set": name, "volume": vol.name, "to": f"{host}:{port}/{t.source}",
               "generation": aim.record.generation, "divergent_point": answer.get("divergent_point"),
               "blocks_changed_here": here, "blocks_changed_at_source": count_bits(bits),

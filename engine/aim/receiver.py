@@ -24,8 +24,10 @@ log = logging.getLogger("aimsnap.aim.receiver")
 
 
 class Receiver:
-    def __init__(self, node: Node, token: str, tls: ssl.SSLContext | None = None) -> None:
-        self.node, self.storage, self.token, self.tls = node, node, token, tls
+    def __init__(self, node: Node, token: str, tls: ssl.SSLContext | None = None, cert_pem: str | None = None) -> None:
+        """``cert_pem``: the certificate ``tls`` serves, which this node's own sets hand their
+        destinations (what a reverse set pins)."""
+        self.node, self.storage, self.token, self.tls, self.cert_pem = node, node, token, tls, cert_pem
         self.targets = node.replication.targets
         self.listener = ThreadedListener("aim", self.serve)
         self.rejected = 0  # connections refused: authentication, protocol, checksum
@@ -33,7 +35,7 @@ class Receiver:
 
     # -- serving ----------------------------------------------------------------------------------------
     def start(self, sock: socket.socket) -> None:
-        self.node.replication.receiving(sock.getsockname()[1], self.token)
+        self.node.replication.receiving(sock.getsockname()[1], self.token, self.cert_pem)
         self.listener.start(sock)
 
     def stop(self) -> None:

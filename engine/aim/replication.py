@@ -59,6 +59,7 @@ class Replication:
         self.targets = Targets(storage)  # the AIM sets this node receives (destination side)
         self.roles = Roles(self)  # failover, switchover, failback
         self.local: tuple[int, str] | None = None  # this node's AIM port and token, once it serves one
+        self.local_cert: str | None = None  # the PEM certificate of that port, when it serves TLS
 
     def load(self) -> None:
         """Attach every AIM set to its volume and replay what a crash may have cut short. Senders
@@ -96,10 +97,13 @@ class Replication:
         for aim in self.sets.values():
             aim.start()
 
-    def receiving(self, aim_port: int, token: str) -> None:
+    def receiving(self, aim_port: int, token: str, cert_pem: str | None = None) -> None:
         """This node's AIM port is open: a set made here by a role change (a reverse set) uses
-        this token, and its source announces this port (for a failback to find it)."""
+        this token, and its source announces this port (for a failback to find it). ``cert_pem``:
+        the certificate that port serves over TLS, which this node's sets hand their destination
+        (what a reverse set pins, so it goes back encrypted too)."""
         self.local = (aim_port, token)
+        self.local_cert = cert_pem
         for aim in self.sets.values():
             aim.local_port = aim_port
 
@@ -187,7 +191,7 @@ class Replication:
         try:
             self._call_destination(host, port, token, {"op": "claim", "set_id": set_id, "set_name": name,
                                                        "volume": dest_volume, "size": vol.size,
-                                                       "source": vol.name}, tls)
+                                                       "source": vol.name, "source_cert": self.local_cert}, tls)
         except EngineError:
             shutil.rmtree(d, ignore_errors=True)
             raise
@@ -236,8 +240,8 @@ class Replication:
                  force: bool = False) -> dict:
         return failover.failover(self, name, to_point, latest_point, force)
 
-    def failback(self, name: str, source: str | None = None) -> dict:
-        return failover.failback(self, name, source)
+    def failback(self, name: str, source: str | None = None, tls_ca: str | None = None) -> dict:
+        return failover.failback(self, name, source, tls_ca)
 
     def switchover(self, name: str, timeout: float = 300.0, abort: bool = False) -> dict:
         return switchover.switchover(self, name, None, timeout, abort)

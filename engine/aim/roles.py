@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import ssl
 import threading
 import time
 import zlib
@@ -64,10 +65,11 @@ class Roles:
 
     # -- the two conversions --------------------------------------------------------------------------
     def become_source(self, t: Target, host: str, port: int, dest_volume: str, *, extra: bytes | None = None,
-                      journal_limit: int | None = None) -> AimSet:
+                      journal_limit: int | None = None, tls_pem: str | None = None) -> AimSet:
         """This destination's target ``t`` becomes the source of the set, to ``host:port/dest_volume``.
         The blocks to send first: the promoted volume's change map, with ``extra`` (the other
-        side's divergent blocks); none at all if neither exists."""
+        side's divergent blocks); none at all if neither exists. With ``tls_pem`` (the old
+        source's AIM certificate) the reverse set replicates over TLS, pinned to it."""
         repl, storage = self.repl, self.repl.storage
         if repl.local is None:
             raise Conflict("a role change needs a serving node (aimsnap node serve): it talks to the peer")
@@ -85,8 +87,10 @@ class Roles:
             shutil.rmtree(d, ignore_errors=True)
             make_dir(d)
             write_new(os.path.join(d, "dest.token"), token.encode())
+            if tls_pem:
+                write_new(os.path.join(d, "dest-ca.pem"), tls_pem.encode())
             record = Record(t.set_name, t.set_id, vol.name, host, port, dest_volume,
-                            journal_limit or DEFAULT_JOURNAL_LIMIT, False, iso(storage.clock()),
+                            journal_limit or DEFAULT_JOURNAL_LIMIT, bool(tls_pem), iso(storage.clock()),
                             generation=t.generation)
             with vol.lock:  # no write lands between the change map's last bit and the journal's first entry
                 change = repl.targets.changes.get(t.set_id)
@@ -120,6 +124,10 @@ class Roles:
         tdir = repl.targets.dir(rec.id)
         make_dir(tdir)
         repl.targets.keep_secret(rec.id, aim.token)
+        pinned = os.path.join(storage.files.aim_set(aim.name), "dest-ca.pem")
+        if rec.tls and os.path.exists(pinned):  # the new source's certificate: what replicating back trusts
+            with open(pinned) as f:
+                repl.targets.keep_source_cert(rec.id, f.read())
         aim.stop()  # no more shipping (its thread joined, outside the locks)
         running = repl.verifications.pop(aim.name, None)
         if running is not None:
@@ -202,8 +210,10 @@ class Roles:
         if applied != final:
             return hs.refuse(f"the destination applied up to {applied}, not the final {final}: nothing changed")
         t.generation = generation + 1  # written with the new source record, in one transaction
+        repl.targets.keep_source_cert(set_id, hello.get("source_cert"))
         aim = self.become_source(t, host, _int(hello.get("aim_port")), str(hello.get("volume", "")),
-                                 journal_limit=_int(hello.get("journal_limit")) or None)
+                                 journal_limit=_int(hello.get("journal_limit")) or None,
+                                 tls_pem=repl.targets.source_cert(set_id))
         self._regroup(hello.get("group"))
         hs.accept(generation=aim.record.generation, promoted_at=aim.record.created_at)
 
@@ -235,9 +245,10 @@ class Roles:
         else:
             if aim.volume.role != "volume":
                 return hs.refuse(SNAPSHOT_SOURCE.format(aim.name, aim.volume.name))
-            if aim.record.tls:
-                return hs.refuse(f"AIM set {aim.name!r} replicated over TLS, and the reverse set has no certificate "
-                                 "to trust for this node's AIM port yet: it would come back in plaintext")
+            if aim.record.tls and not isinstance(conn.sock, ssl.SSLSocket):
+                return hs.refuse(f"AIM set {aim.name!r} replicated over TLS, and this failback came in plaintext: the "
+                                 "reverse set would too. Serve this node's AIM port with --aim-tls-cert/--aim-tls-key "
+                                 "and fail back with --tls-ca (its certificate or CA)")
             if aim.record.generation >= generation:
                 return hs.refuse(f"this source is at generation {aim.record.generation}, not older than {generation}")
             info = self._keep_divergent(aim)

@@ -91,9 +91,10 @@ def _check(repl: Replication, aims: list[AimSet], group: str | None) -> None:
         if group is None and groups:
             raise Conflict(f"AIM set {a.name!r} is a member of group {groups[0]!r}: switch the group over "
                            f"(--group {groups[0]}), so that its members keep one write-order point")
-        if a.record.tls:
-            raise Conflict(f"AIM set {a.name!r} replicates over TLS, and a reverse set has no certificate to trust "
-                           "for this node's AIM port yet: it would go back in plaintext. Not switched over")
+        if a.record.tls and not repl.local_cert:
+            raise Conflict(f"AIM set {a.name!r} replicates over TLS, and this node's AIM port serves none: the "
+                           "reverse set would go back in plaintext. Serve it with --aim-tls-cert/--aim-tls-key. "
+                           "Not switched over")
         running = repl.verifications.get(a.name)
         if running is not None and running.state == "running":
             raise Conflict(f"AIM set {a.name!r} is being verified ({running.id}): switch over when it is done")
@@ -164,7 +165,8 @@ def _promote(repl: Replication, aim: AimSet, group: str | None, members: list[st
     own_port, _token = repl.local or (0, "")
     hello = {"op": "promote", "set_id": rec.id, "set_name": aim.name, "generation": rec.generation,
              "final_seq": pending["final_seq"], "aim_port": own_port, "volume": aim.volume.name,
-             "journal_limit": rec.journal_limit, "group": {"name": group, "members": members} if group else None}
+             "journal_limit": rec.journal_limit, "group": {"name": group, "members": members} if group else None,
+             "source_cert": repl.local_cert}
     try:
         with repl.connect(rec.dest_host, rec.dest_port, tls=aim.tls) as sock:
             sock.settimeout(120)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ..errors import Conflict, NotFound
 from ..net.listener import shut
 from ..storage.bitmap import BlockBitmap, ChangeMap
-from ..storage.fsutil import make_dir, write_new
+from ..storage.fsutil import atomic_write, make_dir, write_new
 from ..storage.names import iso, utcnow
 from .barriers import GroupBarriers
 
@@ -34,6 +34,7 @@ SET_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CHANGED = "changed.bm"  # blocks written here since the promotion
 DIVERGENT = "divergent.bm"  # blocks an old source wrote that its destination never applied (failback)
 SECRET = "set.token"  # the secret the set was created with, kept when this node was its source
+SOURCE_CERT = "source-ca.pem"  # the certificate the source's own AIM port serves (a reverse set pins it)
 
 
 @dataclass
@@ -137,6 +138,8 @@ class Targets:
         sources = ", ".join(f"{o.kind} {o.name}" for o in vol.observers if o.kind == "AIM set")
         if sources and not row:
             return {"error": f"destination volume {volume!r} is the source of {sources} here"}
+        if hello.get("op") == "claim":
+            self.keep_source_cert(set_id, hello.get("source_cert"))
         if hello.get("op") == "claim" and not row:
             self.meta.execute(
                 "INSERT INTO aim_targets (set_id, set_name, volume, source, generation, created_at) "
@@ -259,6 +262,20 @@ class Targets:
             with vol.lock:
                 vol.observers.remove(change)
         change.bitmap.close()
+
+    def keep_source_cert(self, set_id: str, pem: object) -> None:
+        """The source's AIM certificate, as it says at a claim or a switchover (authenticated by
+        the handshake's MAC): what this node trusts when it replicates back."""
+        if isinstance(pem, str) and "BEGIN CERTIFICATE" in pem:
+            make_dir(self.dir(set_id))
+            atomic_write(os.path.join(self.dir(set_id), SOURCE_CERT), pem.encode())
+
+    def source_cert(self, set_id: str) -> str | None:
+        try:
+            with open(os.path.join(self.dir(set_id), SOURCE_CERT)) as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
 
     def keep_secret(self, set_id: str, secret: str) -> None:
         make_dir(self.dir(set_id))

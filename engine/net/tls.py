@@ -4,13 +4,16 @@ TLS 1.2 or later, certificates from PEM files)."""
 import ssl
 
 
-def client_tls(ca_file: str) -> ssl.SSLContext:
-    """Trust exactly the destination's certificate authority (or self-signed certificate)."""
+def client_tls(ca_file: str | None = None, *, pem: str | None = None) -> ssl.SSLContext:
+    """Trust exactly the peer's certificate authority, or the peer's own certificate (self-signed
+    or not: a pinned certificate is a trust anchor by itself, OpenSSL's partial-chain rule), from
+    a file or PEM text."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # the pinned CA is the identity; AIM ports are often addressed by IP
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(ca_file)
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    ctx.load_verify_locations(ca_file, cadata=pem)
     return ctx
 
 

@@ -17,6 +17,7 @@ import ssl
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -79,15 +80,16 @@ def _address(sock: socket.socket) -> str:
 
 
 async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None,
-                aim_tls: ssl.SSLContext | None = None, api_tls: ssl.SSLContext | None = None,
+                aim_tls: tuple[ssl.SSLContext, str] | None = None, api_tls: ssl.SSLContext | None = None,
                 nbd_tls: NbdTls | None = None) -> None:
+    """``aim_tls``: the AIM port's TLS context and the PEM certificate it serves."""
     make_dir(root)
     token_file = token_file or os.path.join(root, "api.token")
     token, created = load_or_create_token(token_file)
     sockets = {"api": api.bind(), "nbd": nbd.bind(), "aim": aim.bind()}
     node = Node(root)
     nbd_server = NbdServer(node, tls=nbd_tls)
-    receiver = Receiver(node, token, aim_tls)
+    receiver = Receiver(node, token, *(aim_tls or (None, None)))
     metrics = NodeMetrics(node, receiver)
     runner = web.AppRunner(make_app(node, token, metrics.render), access_log=None, handle_signals=False)
     await runner.setup()
@@ -153,5 +155,6 @@ def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
     if nbd_tls is None and not listens[1].loopback:
         log.warning("NBD on %s is plain and unauthenticated on a non-loopback address: whoever reaches it reads and "
                     "writes the volumes (serve it with --nbd-tls require)", nbd)
-    asyncio.run(serve(root, *listens, token_file, aim_ctx, api_ctx, nbd_tls))
+    aim_cert = Path(aim_tls_cert).read_text() if aim_ctx and aim_tls_cert else None
+    asyncio.run(serve(root, *listens, token_file, (aim_ctx, aim_cert) if aim_ctx else None, api_ctx, nbd_tls))
     return 0

@@ -7,6 +7,7 @@ import click
 from engine import InvalidInput
 from policies.durations import DurationError, parse_duration
 
+from ..nodes import read_file
 from .aim import aim
 from .output import print_json
 from .storage import Target, json_option, pass_target
@@ -53,14 +54,17 @@ def aim_failover(target: Target, name: str, to_point: str | None, latest_point: 
 @click.argument("name")
 @click.option("--source", default=None, metavar="HOST:AIMPORT",
               help="The old source's AIM port [default: where it last connected from].")
+@click.option("--tls-ca", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Replicate back over TLS, trusting this certificate or CA for the old source's AIM port "
+                   "[default: the certificate it gave when the set was made, if its port serves TLS].")
 @json_option
 @pass_target
-def aim_failback(target: Target, name: str, source: str | None, as_json: bool) -> None:
+def aim_failback(target: Target, name: str, source: str | None, tls_ca: str | None, as_json: bool) -> None:
     """At a failed-over destination: replicate back to the old source, sending only the blocks
     written here since the failover and those the old source wrote that never arrived. The old
     source keeps its divergent state as a point (VOLUME.divergent@divergent.TIME)."""
     with target.node() as node:
-        r = node.replication.failback(name, source)
+        r = node.replication.failback(name, source, read_file(tls_ca, "CA certificate") if tls_ca else None)
     if as_json:
         print_json(r)
         return

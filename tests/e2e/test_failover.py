@@ -346,3 +346,56 @@ def test_failover_of_a_member_waiting_at_a_group_barrier(pair):
     assert m["state"] in ("failed", "issued"), m  # never applied to a promoted volume
     pair.src.api.replication.resume(b)
     pair.wait_state(a, "fenced")
+
+
+def test_tls_sets_switch_over_and_fail_back_encrypted(tmp_path, pki):
+    """Both nodes serve their AIM port over TLS: a TLS set's reverse set is TLS too, pinned to the
+    certificate the old source gave (at the claim, at the switchover), for a switchover and for a
+    failback, with no certificate given by hand; where the old source serves no TLS, a
+    switchover from it is refused, saying why (it would go back in plaintext)."""
+    from ..aimpair import Pair
+    tls = ("--aim-tls-cert", pki["server"].cert, "--aim-tls-key", pki["server"].key)
+    pair = Pair(tmp_path, src={"extra": tls}, dst={"extra": tls})
+    try:
+        pem = open(pki["ca"].cert).read()
+        pair.src.api.create_volume("v", SIZE)
+        pair.dst.api.create_volume("v-dr", SIZE)
+        pair.dst.api.create_snapshot("v-dr-pit", "v-dr", "differential")
+        pair.src.api.replication.create("v-aim", "v", f"{pair.dst.proc.aim}/v-dr", pair.dst.proc.token, tls_ca=pem)
+        pair.wait_state("v-aim", "replicating")
+        rng = random.Random(9)
+        _scatter(pair.src.api, "v", rng, 20, SIZE)
+        so = pair.src.api.replication.switchover("v-aim", 60)["aim_sets"][0]
+        assert so["digests_equal"]
+        rev = pair.dst.api.replication
+        assert rev.info("v-aim")["tls"] and rev.info("v-aim")["role"] == "source"
+        _scatter(pair.dst.api, "v-dr", rng, 20, SIZE)
+        _wait(lambda: rev.info("v-aim")["acked_seq"] == rev.info("v-aim")["last_seq"], what="reverse over TLS")
+        back = rev.switchover("v-aim", 60)["aim_sets"][0]
+        assert back["digests_equal"] and pair.src.api.replication.info("v-aim")["tls"]
+        # unplanned: the source is cut off, DR fails over and fails back, encrypted again
+        pair.src.api.replication.pause("v-aim")
+        pair.dst.api.replication.failover("v-aim")
+        at_dr = _scatter(pair.dst.api, "v-dr", rng, 15, SIZE)
+        pair.src.api.replication.resume("v-aim")
+        pair.wait_state("v-aim", "fenced")
+        fb = rev.failback("v-aim")
+        assert fb["blocks_to_send"] >= len(at_dr) and rev.info("v-aim")["tls"]
+        _wait(lambda: rev.info("v-aim")["state"] == "replicating"
+              and rev.info("v-aim")["acked_seq"] == rev.info("v-aim")["last_seq"], what="failback over TLS")
+        assert read_all(pair.src.api, "v", SIZE) == read_all(pair.dst.api, "v-dr", SIZE)
+    finally:
+        pair.stop()
+    # a source whose own AIM port serves no TLS: its TLS set cannot switch over (said, nothing changed)
+    one_way = Pair(tmp_path / "one-way", dst={"extra": tls})
+    try:
+        one_way.src.api.create_volume("w", SIZE)
+        one_way.dst.api.create_volume("w-dr", SIZE)
+        one_way.src.api.replication.create("w-aim", "w", f"{one_way.dst.proc.aim}/w-dr", one_way.dst.proc.token,
+                                           tls_ca=open(pki["ca"].cert).read())
+        one_way.wait_state("w-aim", "replicating")
+        with pytest.raises(EngineError, match="would go back in plaintext"):
+            one_way.src.api.replication.switchover("w-aim", 30)
+        assert one_way.src.api.replication.info("w-aim")["state"] == "replicating"
+    finally:
+        one_way.stop()
