@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -35,7 +36,10 @@ PAGE = (Path(__file__).parent / "statuspage.html").read_bytes()  # self-containe
 
 class StatusPage:
     def __init__(self, addr: str, store: Store, watchdog, token: str | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: serve HTTPS (each connection's handshake in its own thread, so a slow or
+        plain-HTTP client holds up no other)."""
         host, _, port = addr.rpartition(":")
         page = self
         self.store, self.watchdog, self.token, self.clock = Store(store.path), watchdog, token, clock
@@ -51,7 +55,8 @@ class StatusPage:
 
             def log_message(self, *args) -> None:
                 pass
-        self.server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        self.server = _Server((host or "127.0.0.1", int(port)), Handler)
+        self.server.tls = tls
         self.address = f"{self.server.server_address[0]}:{self.server.server_address[1]}"
 
     def start(self) -> None:
@@ -84,6 +89,21 @@ class StatusPage:
             alive = service_alive(self.store, now)
             return _send(h, 200 if alive else 503, "text/plain", b"ok\n" if alive else b"no heartbeat\n")
         return _send(h, 404, "text/plain", b"not found\n")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    tls: ssl.SSLContext | None = None
+
+    def finish_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        if self.tls is not None:
+            request.settimeout(30)  # a handshake that never completes does not hold its thread
+            try:
+                request = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as e:
+                log.info("status page: TLS handshake with %s failed: %s", client_address[0], e)
+                return
+        super().finish_request(request, client_address)
 
 
 def _send(h: BaseHTTPRequestHandler, code: int, ctype: str, body: bytes) -> None:

@@ -3,6 +3,9 @@ TLS 1.2 or later, certificates from PEM files)."""
 
 import ssl
 
+from ..errors import InvalidInput
+from .secretfile import check_private
+
 
 def client_tls(ca_file: str | None = None, *, pem: str | None = None) -> ssl.SSLContext:
     """Trust exactly the peer's certificate authority, or the peer's own certificate (self-signed
@@ -34,3 +37,17 @@ def require_client_certificates(ctx: ssl.SSLContext, ca_file: str) -> None:
 def common_names(cert: dict | None) -> tuple[str, ...]:
     """The subject commonName(s) of a peer certificate as ``SSLSocket.getpeercert()`` gives it."""
     return tuple(value for rdn in (cert or {}).get("subject", ()) for key, value in rdn if key == "commonName")
+
+
+def load_server_tls(cert: str | None, key: str | None, what: str, flag: str) -> ssl.SSLContext | None:
+    """A server TLS context from ``--FLAG-tls-cert/--FLAG-tls-key``, or None; a clear error now,
+    at start, for a missing half, a key others may read, or files that do not load."""
+    if bool(cert) != bool(key):
+        raise InvalidInput(f"TLS on the {what} needs both --{flag}-tls-cert and --{flag}-tls-key")
+    if not cert or not key:
+        return None
+    check_private(key, f"the {what}'s TLS key file")
+    try:
+        return server_tls(cert, key)
+    except (OSError, ValueError, ssl.SSLError) as e:
+        raise InvalidInput(f"cannot load the {what}'s TLS certificate or key: {e}") from None

@@ -23,8 +23,8 @@ from aiohttp import web
 
 from ..aim.receiver import Receiver
 from ..errors import InvalidInput
-from ..net.secretfile import check_private, read_secret
-from ..net.tls import server_tls
+from ..net.secretfile import read_secret
+from ..net.tls import load_server_tls
 from ..node import Node
 from ..storage.fsutil import atomic_write, make_dir, write_new
 from .api import make_app
@@ -122,28 +122,14 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
     print("aimsnap node stopped cleanly", flush=True)
 
 
-def load_tls(cert: str | None, key: str | None, what: str, flag: str) -> ssl.SSLContext | None:
-    """A server TLS context from ``--FLAG-tls-cert/--FLAG-tls-key``, or None; a clear error now,
-    at start, for a missing half, a key others may read, or files that do not load."""
-    if bool(cert) != bool(key):
-        raise InvalidInput(f"TLS on the {what} needs both --{flag}-tls-cert and --{flag}-tls-key")
-    if not cert or not key:
-        return None
-    check_private(key, f"the {what}'s TLS key file")
-    try:
-        return server_tls(cert, key)
-    except (OSError, ValueError, ssl.SSLError) as e:
-        raise InvalidInput(f"cannot load the {what}'s TLS certificate or key: {e}") from None
-
-
 def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
         aim_tls_cert: str | None = None, aim_tls_key: str | None = None, api_tls_cert: str | None = None,
         api_tls_key: str | None = None, insecure_http: bool = False, nbd_tls: NbdTls | None = None) -> int:
     """Serve until SIGTERM; ``nbd_tls`` is the NBD port's TLS policy (:func:`.nbdtls.configure`)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     listens = (Listen.parse(api, "api"), Listen.parse(nbd, "nbd"), Listen.parse(aim, "aim"))
-    aim_ctx = load_tls(aim_tls_cert, aim_tls_key, "AIM port", "aim")
-    api_ctx = load_tls(api_tls_cert, api_tls_key, "control API", "api")
+    aim_ctx = load_server_tls(aim_tls_cert, aim_tls_key, "AIM port", "aim")
+    api_ctx = load_server_tls(api_tls_cert, api_tls_key, "control API", "api")
     if api_ctx is None and not listens[0].loopback:
         if (aim_ctx or nbd_tls) and not insecure_http:  # TLS is wanted here, but not for the token
             raise InvalidInput(f"the control API on {api} (not loopback) would be plain HTTP while "

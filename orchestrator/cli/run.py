@@ -15,6 +15,8 @@ from engine import InvalidInput
 from policies.durations import DurationError, parse_duration
 
 from .output import print_json, print_table
+from engine.net.tls import load_server_tls
+
 from ..nodes import read_token
 from ..store import Store, iso
 
@@ -40,8 +42,12 @@ class _JsonLog(logging.Formatter):
               help="Serve the live status page here (/, /api/status, /metrics, /healthz).")
 @click.option("--http-token-file", default=None, type=click.Path(dir_okay=False),
               help="With --http: every request needs this bearer token (or ?token=).")
+@click.option("--http-tls-cert", default=None, type=click.Path(dir_okay=False),
+              help="With --http: serve the status page over HTTPS with this certificate.")
+@click.option("--http-tls-key", default=None, type=click.Path(dir_okay=False), help="Its key (mode 0600).")
 def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metrics_addr: str | None,
-        http_addr: str | None, http_token_file: str | None) -> int:
+        http_addr: str | None, http_token_file: str | None, http_tls_cert: str | None,
+        http_tls_key: str | None) -> int:
     """Run the policies until SIGTERM (SIGHUP, or `aimsnap reload`, re-reads the files)."""
     from ..metrics import serve_metrics
     from ..schedule.service import Orchestrator
@@ -69,12 +75,15 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
         host, sep, port = http_addr.rpartition(":")
         if not sep or not port.isdigit():
             raise InvalidInput(f"invalid --http address {http_addr!r}: write HOST:PORT, e.g. 127.0.0.1:9411")
+        tls = load_server_tls(http_tls_cert, http_tls_key, "status page", "http")
         try:
-            page = StatusPage(http_addr, orch.store, dog, read_token(http_token_file) if http_token_file else None)
+            page = StatusPage(http_addr, orch.store, dog, read_token(http_token_file) if http_token_file else None,
+                              tls=tls)
         except OSError as e:
             raise InvalidInput(f"cannot serve the status page on {http_addr}: {e.strerror or e}") from None
         page.start()
-        logging.getLogger("aimsnap.scheduler").info("status page on http://%s/", page.address)
+        logging.getLogger("aimsnap.scheduler").info("status page on %s://%s/", "https" if tls else "http",
+                                                    page.address)
     delivery = Delivery(orch.store, lambda: datetime.now(timezone.utc))
     alerting = Alerts(orch.store, lambda: orch.bundle.alerting, delivery)
     orch.start()

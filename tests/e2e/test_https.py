@@ -203,3 +203,28 @@ def test_apply_and_run_over_https_run_with_an_operator_token(tmp_path, pki):
         assert res.code != 0 and "needs admin" in res.out.decode() + res.err, res.out.decode() + res.err
     finally:
         pair.stop()
+
+
+def test_the_status_page_over_https(tmp_path, pki):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from orchestrator.statuspage import StatusPage
+    from orchestrator.store import Store
+    from engine.net.tls import load_server_tls
+    page = StatusPage("127.0.0.1:0", Store(str(tmp_path / "o.db")), None, "page-token-0123456789",
+                      tls=load_server_tls(pki["server"].cert, pki["server"].key, "status page", "http"))
+    page.start()
+    try:
+        ctx = ssl.create_default_context(cafile=pki["ca"].cert)
+        req = urllib.request.Request(f"https://{page.address}/api/status",
+                                     headers={"Authorization": "Bearer page-token-0123456789"})
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            assert r.status == 200 and b'"policies"' in r.read()
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plain HTTP to it: no answer
+            urllib.request.urlopen(f"http://{page.address}/healthz", timeout=10)
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:  # and it serves on
+            assert r.status == 200
+    finally:
+        page.close()
