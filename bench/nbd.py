@@ -206,7 +206,7 @@ def main() -> None:
                          "ratio": ratio if ratio is not None else "skipped", "target": f">= {target}",
                          "TLS/plain (aimsnap, nbdkit)": cost})
             if ratio is not None:
-                verdicts.append(f"{load} {'TLS' if tls else 'plain'} {ratio:.2f} ({'met' if ratio >= target else 'MISSED'})")
+                verdicts.append(f"{load} {'TLS' if tls else 'plain'} {ratio:.3f} ({'met' if ratio >= target else 'MISSED'})")
 
         for tls in (False, True) if args.tls else (False,):
             a, k = ("aimsnap-tls", "nbdkit-tls") if tls else ("aimsnap", "nbdkit")

@@ -3,7 +3,9 @@ data phase, where a ``recv`` brings as many messages as the peer has queued and 
 in place (a batch of small messages costs one system call and no copies), and :func:`recv_exact`
 for the handshakes."""
 
+import select
 import socket
+import ssl
 
 
 class RecvBuffer:
@@ -17,6 +19,10 @@ class RecvBuffer:
         self.sock = sock
         self.buf = bytearray(size)
         self.start = self.end = 0
+        self._ready: select.poll | None = None  # over TLS: is more already here?
+        if isinstance(sock, ssl.SSLSocket):
+            self._ready = select.poll()
+            self._ready.register(sock, select.POLLIN)
 
     def fill(self, need: int, timeout: float | None = None) -> bool:
         """Receive once, with room for ``need`` unread bytes; False if ``timeout`` seconds passed
@@ -38,15 +44,28 @@ class RecvBuffer:
         try:
             with memoryview(self.buf) as view:
                 n = self.sock.recv_into(view[self.end:])
+            if n == 0:
+                raise ConnectionError("connection closed by peer")
+            self.end += n
+            if self._ready is not None:
+                self._drain_tls()
         except TimeoutError:
-            return False
+            return self.end - self.start > pending
         finally:
             if timeout is not None:
                 self.sock.settimeout(old)
-        if n == 0:
-            raise ConnectionError("connection closed by peer")
-        self.end += n
         return True
+
+    def _drain_tls(self) -> None:
+        """Over TLS one ``recv`` returns one record (16 KiB at most, and a client such as libnbd
+        sends each request as its own): take every record already here, decrypted or still on
+        the socket, so that a batch holds what the peer has queued, as over plain TCP."""
+        while self.end < len(self.buf) and (self.sock.pending() or self._ready.poll(0)):  # type: ignore[union-attr]
+            with memoryview(self.buf) as view:
+                n = self.sock.recv_into(view[self.end:])
+            if n == 0:
+                return  # closed: the next fill says so, after this batch is served
+            self.end += n
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:
