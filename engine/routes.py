@@ -170,7 +170,8 @@ ROUTES: list[Route] = [
           query={"timeout": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT}}, tag="aim"),
     Route("GET", "/v1/groups", "replication.list_groups", "List groups", tag="aim"),
     Route("POST", "/v1/groups", "replication.create_group", "Create a group of AIM sets",
-          body=_obj({"name": NAME, "members": _members()}, ["name", "members"]), status=201, tag="aim"),
+          body=_obj({"name": NAME, "members": _members()}, ["name", "members"]), status=201, tag="aim",
+          role="operator"),  # a failback plan re-forms its group at the reverse side
     Route("GET", "/v1/groups/{name}", "replication.group_info", "Show a group", tag="aim"),
     Route("DELETE", "/v1/groups/{name}", "replication.delete_group", "Delete a group", status=204, tag="aim"),
     Route("POST", "/v1/groups/{group}/markers", "replication.issue_group_marker",

@@ -12,24 +12,45 @@ import threading
 
 ROTATE_AT = 16 << 20
 KEEP = 4
+REFUSALS_PER_MINUTE = 20  # per token: more are counted in one line, so that a token refused over and
+# over (a read token POSTing in a loop) cannot turn the trail over and push real changes out of it
 
 
 class AuditLog:
     def __init__(self, path: str) -> None:
         self.path = path
         self.lock = threading.Lock()  # a leaf lock (engine.node's lock order, level 4)
+        self.refusals: dict[str, tuple[str, int]] = {}  # token -> (the minute, refusals recorded in it)
+        self.suppressed: dict[str, int] = {}  # token -> refusals not recorded since its last line
+        if os.path.exists(path):
+            os.chmod(path, 0o600)
 
     def record(self, entry: dict) -> None:
-        line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
+        """Append ``entry``; a 403 beyond :data:`REFUSALS_PER_MINUTE` for its token is counted
+        instead, and the count is written with that token's next recorded line."""
+        token, minute = str(entry.get("token")), str(entry.get("at", ""))[:16]
         with self.lock:
-            if os.path.exists(self.path) and os.path.getsize(self.path) + len(line) > ROTATE_AT:
-                self._rotate()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line)
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
+            if entry.get("status") == 403:
+                seen_minute, n = self.refusals.get(token, (minute, 0))
+                n = n + 1 if seen_minute == minute else 1
+                self.refusals[token] = (minute, n)
+                if n > REFUSALS_PER_MINUTE:
+                    self.suppressed[token] = self.suppressed.get(token, 0) + 1
+                    return
+            if self.suppressed.get(token):
+                entry = {**entry, "refusals_not_recorded": self.suppressed.pop(token)}
+            self._append(entry)
+
+    def _append(self, entry: dict) -> None:
+        line = (json.dumps(entry, sort_keys=True, default=str) + "\n").encode()
+        if os.path.exists(self.path) and os.path.getsize(self.path) + len(line) > ROTATE_AT:
+            self._rotate()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _rotate(self) -> None:
         for i in range(KEEP - 1, 0, -1):
@@ -53,4 +74,7 @@ class AuditLog:
                             continue  # a line torn by a power cut: the rest is still read
                         if since is None or entry.get("at", "") >= since:
                             out.append(entry)
+            for token, n in self.suppressed.items():  # counted, not yet written with a line of theirs
+                out.append({"at": self.refusals[token][0], "token": token, "method": "", "path": "", "op": None,
+                            "status": 403, "refusals_not_recorded": n})
         return out[-limit:]

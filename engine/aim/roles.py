@@ -127,7 +127,7 @@ class Roles:
         pinned = os.path.join(storage.files.aim_set(aim.name), "dest-ca.pem")
         if rec.tls and os.path.exists(pinned):  # the new source's certificate: what replicating back trusts
             with open(pinned) as f:
-                repl.targets.keep_source_cert(rec.id, f.read())
+                repl.targets.keep_source_cert(rec.id, f.read())  # a leaf already (see keep_source_cert)
         aim.stop()  # no more shipping (its thread joined, outside the locks)
         running = repl.verifications.pop(aim.name, None)
         if running is not None:
@@ -186,6 +186,21 @@ class Roles:
                     hs.refuse(reason)
         finally:
             self.lock.release()
+            self._audit(op, hello, hs, host)
+
+    def _audit(self, op: str, hello: dict, hs: wire.Handshake, host: str) -> None:
+        """A peer's role request is a state change like an API one: in the node's audit trail."""
+        access = getattr(self.repl.storage, "access", None)
+        if access is None:
+            return
+        answer = hs.answer or {}
+        entry = {"at": iso(self.repl.storage.clock()), "token": "aim-peer", "role": "peer", "remote": host,
+                 "method": "AIM", "path": op, "op": f"aim.{op}", "status": "accepted" if answer.get("ok") else "refused",
+                 "request": {"name": hello.get("set_name"), "generation": hello.get("generation")}}
+        if not answer.get("ok"):
+            entry["error"] = answer.get("error", "no answer")
+        with contextlib.suppress(OSError):
+            access.log.record(entry)
 
     def _promote(self, hello: dict, hs: wire.Handshake, host: str) -> None:
         """A switchover's destination half: everything up to the final marker is applied here, so

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import Conflict, NotFound
 from ..net.listener import shut
+from ..net.tls import leaf_certificate
 from ..storage.bitmap import BlockBitmap, ChangeMap
 from ..storage.fsutil import atomic_write, make_dir, write_new
 from ..storage.names import iso, utcnow
@@ -138,7 +139,8 @@ class Targets:
         sources = ", ".join(f"{o.kind} {o.name}" for o in vol.observers if o.kind == "AIM set")
         if sources and not row:
             return {"error": f"destination volume {volume!r} is the source of {sources} here"}
-        if hello.get("op") == "claim":
+        existing = self.get(set_id) if row else None
+        if hello.get("op") == "claim" and not (existing and existing.promoted):  # a promoted one keeps its pin
             self.keep_source_cert(set_id, hello.get("source_cert"))
         if hello.get("op") == "claim" and not row:
             self.meta.execute(
@@ -266,9 +268,13 @@ class Targets:
     def keep_source_cert(self, set_id: str, pem: object) -> None:
         """The source's AIM certificate, as it says at a claim or a switchover (authenticated by
         the handshake's MAC): what this node trusts when it replicates back."""
-        if isinstance(pem, str) and "BEGIN CERTIFICATE" in pem:
+        leaf = leaf_certificate(pem) if isinstance(pem, str) else None
+        path = os.path.join(self.dir(set_id), SOURCE_CERT)
+        if leaf:
             make_dir(self.dir(set_id))
-            atomic_write(os.path.join(self.dir(set_id), SOURCE_CERT), pem.encode())
+            atomic_write(path, leaf.encode())
+        elif os.path.exists(path):  # the source serves no TLS now: no stale pin
+            os.unlink(path)
 
     def source_cert(self, set_id: str) -> str | None:
         try:

@@ -191,8 +191,10 @@ class Handshake:
 
     def __init__(self, sock: socket.socket, token: str, challenge: bytes, nonce: bytes) -> None:
         self.sock, self.token, self.challenge, self.nonce = sock, token, challenge, nonce
+        self.answer: dict | None = None  # what was answered (the audit trail of role requests)
 
     def _send(self, label: bytes, answer: dict) -> None:
+        self.answer = answer
         send_message(self.sock, {**answer, "mac": mac(self.token, label, self.nonce, self.challenge,
                                                       canonical(answer))})
 

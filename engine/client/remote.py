@@ -34,9 +34,8 @@ class Http:
     """One keep-alive HTTP(S) connection to a node, with its token; errors become engine errors.
 
     Over ``https://`` the node must present a certificate signed by ``ca`` (a CA file, or the
-    node's self-signed certificate itself: the pinned certificate is the identity, as for the AIM
-    port, so nodes addressed by IP need no matching name), else the system's trusted CAs with the
-    host name checked."""
+    node's own certificate), else by the system's trusted CAs, and naming the URL's host (a DNS
+    name or an IP address among its subjectAltNames): the token goes only to that node."""
 
     def __init__(self, url: str, token: str, timeout: float, ca: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
@@ -47,7 +46,8 @@ class Http:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         if parsed.scheme == "https":
             try:
-                context = client_tls(ca) if ca else ssl.create_default_context()
+                # the host name (or IP) in the URL must be in the certificate: a CA signs many
+                context = client_tls(ca, check_hostname=True) if ca else ssl.create_default_context()
             except (OSError, ssl.SSLError) as e:
                 raise errors.InvalidInput(f"cannot load the node CA file {ca}: {getattr(e, 'strerror', None) or e}") \
                     from None

@@ -60,12 +60,22 @@ class RecvBuffer:
         """Over TLS one ``recv`` returns one record (16 KiB at most, and a client such as libnbd
         sends each request as its own): take every record already here, decrypted or still on
         the socket, so that a batch holds what the peer has queued, as over plain TCP."""
-        while self.end < len(self.buf) and (self.sock.pending() or self._ready.poll(0)):  # type: ignore[union-attr]
-            with memoryview(self.buf) as view:
-                n = self.sock.recv_into(view[self.end:])
-            if n == 0:
-                return  # closed: the next fill says so, after this batch is served
-            self.end += n
+        if not (self.sock.pending() or self._ready.poll(0)):  # type: ignore[union-attr]
+            return
+        old = self.sock.gettimeout()
+        self.sock.settimeout(0)  # a partial record (or none: a KeyUpdate) must not hold the batch
+        try:
+            while self.end < len(self.buf):
+                try:
+                    with memoryview(self.buf) as view:
+                        n = self.sock.recv_into(view[self.end:])
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    return
+                if n == 0:
+                    return  # closed: the next fill says so, after this batch is served
+                self.end += n
+        finally:
+            self.sock.settimeout(old)
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytes:

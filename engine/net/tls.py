@@ -7,14 +7,26 @@ from ..errors import InvalidInput
 from .secretfile import check_private
 
 
-def client_tls(ca_file: str | None = None, *, pem: str | None = None) -> ssl.SSLContext:
+def leaf_certificate(pem: str) -> str | None:
+    """The first certificate of a PEM file (a server's own, in a chain file), and nothing else:
+    what a peer may pin. Never an intermediate (pinned, it would trust whatever it signs) nor a
+    private key (a combined cert+key file)."""
+    begin, end = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+    start = pem.find(begin)
+    stop = pem.find(end, start)
+    if start < 0 or stop < 0:
+        return None
+    return pem[start:stop + len(end)] + "\n"
+
+
+def client_tls(ca_file: str | None = None, *, pem: str | None = None, check_hostname: bool = False) -> ssl.SSLContext:
     """Trust exactly the peer's certificate authority, or the peer's own certificate (self-signed
     or not: a pinned certificate is a trust anchor by itself, OpenSSL's partial-chain rule), from
     a file or PEM text."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False  # the pinned CA is the identity; AIM ports are often addressed by IP
     ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.check_hostname = check_hostname  # AIM: the pinned CA is the identity (ports are often addressed by IP)
     ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     ctx.load_verify_locations(ca_file, cadata=pem)
     return ctx

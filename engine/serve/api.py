@@ -78,7 +78,8 @@ async def _parse_body(route: Route, request: web.Request) -> dict:
     if errors:
         e = errors[0]
         where = "/".join(str(p) for p in e.path) or "body"
-        if e.path and e.path[0] in SECRET_FIELDS:  # say what is wrong, never the value
+        echoes = e.path[0] in SECRET_FIELDS if e.path else e.validator not in ("required", "additionalProperties")
+        if echoes:  # say what is wrong, never the value (it may be a secret: a token, the whole body)
             raise InvalidInput(f"{where}: invalid ({e.validator} {e.validator_value!r})")
         raise InvalidInput(f"{where}: {e.message}")
     return body
@@ -120,10 +121,15 @@ def make_app(node: Node, token: str, metrics: Callable[[], bytes] | None = None,
                 return error_response(401, "Unauthorized", "a valid bearer token is required",
                                       **{"WWW-Authenticate": 'Bearer realm="aimsnap"'})
         route: Route | None = getattr(request.match_info.handler, "route", None)
-        response = await _answer(request, handler, who, route)
-        if request.method not in ("GET", "HEAD") and who is not None:
-            await asyncio.to_thread(node.access.log.record, _audit_entry(request, who, route, response, clock()))
-        return response
+        if request.method in ("GET", "HEAD") or who is None:
+            return await _answer(request, handler, who, route)
+        response: web.StreamResponse = web.Response(status=500)  # what the record says if the handler raises
+        try:
+            response = await _answer(request, handler, who, route)
+            return response
+        finally:  # the answer leaves once its record is synced; an unexpected error is recorded too
+            entry = _audit_entry(request, who, route, response, clock(), await _named(request, route))
+            await asyncio.to_thread(node.access.log.record, entry)
 
     async def _answer(request: web.Request, handler, who: tuple[str, str] | None,
                       route: Route | None) -> web.StreamResponse:
@@ -164,12 +170,30 @@ def make_app(node: Node, token: str, metrics: Callable[[], bytes] | None = None,
     return app
 
 
+# the body fields an audit line names (what was made or changed); never a token, a CA or data
+AUDITED_FIELDS = ("name", "role", "source", "type", "to", "members", "point", "label", "snapshot", "snapshot_set",
+                  "origin", "force", "repair", "abort", "latest_point", "to_point", "timeout", "size")
+
+
+async def _named(request: web.Request, route: Route | None) -> dict:
+    """The audited fields of a JSON body (aiohttp keeps the body read by the handler)."""
+    if route is None or route.body is None or route.raw_body:
+        return {}
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError, web.HTTPException):
+        return {}
+    return {k: body[k] for k in AUDITED_FIELDS if isinstance(body, dict) and k in body}
+
+
 def _audit_entry(request: web.Request, who: tuple[str, str], route: Route | None, response: web.StreamResponse,
-                 now: datetime) -> dict:
-    """One line of the audit trail: no body, no query values but the names (they are not secret:
-    offsets, flags), the error's message when refused."""
+                 now: datetime, fields: dict) -> dict:
+    """One line of the audit trail: what was asked (the route, the names in its body, never a
+    secret), by whom, from where, and the answer (the error's message when refused)."""
     entry = {"at": iso(now), "token": who[0], "role": who[1], "remote": request.remote, "method": request.method,
              "path": request.path, "op": route.op if route else None, "status": response.status}
+    if fields:
+        entry["request"] = fields
     if response.status >= 400 and isinstance(response, web.Response) and response.body:
         try:
             entry["error"] = json.loads(response.body)["error"]["message"]  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import logging
 import socket
 import ssl
 import struct
+import time
 from typing import NamedTuple
 
 from ..errors import Conflict, EngineError, InvalidInput, NotFound
@@ -75,9 +76,9 @@ class NbdServer:
         self.start, self.stop = self.listener.start, self.listener.stop
 
     def _serve(self, conn: socket.socket, peer: object) -> None:
-        conn.settimeout(None)
         try:
-            export, conn = self._handshake(conn)
+            export, conn = self._handshake(conn, time.monotonic() + NEGOTIATION_TIMEOUT)
+            conn.settimeout(None)  # an open export may idle for hours (a mounted device)
             if export is not None:
                 try:
                     self._transmission(export, conn)
@@ -85,19 +86,25 @@ class NbdServer:
                     self.node.hosts.closed(export.name)
         except (ProtocolError, TlsFailed) as e:
             log.warning("nbd %s: closing connection: %s", peer, e)
+        except TimeoutError:
+            log.warning("nbd %s: closing connection: no export opened within %g s", peer, NEGOTIATION_TIMEOUT)
         except (ConnectionError, OSError):
             pass  # the client went away, or stop() closed the socket
 
     # -- handshake ---------------------------------------------------------------------------------
-    def _handshake(self, conn: socket.socket) -> tuple[exports.Export | None, socket.socket]:
-        """Option haggling until an export is open (or the client aborts); the export and the
-        socket to serve it on (a TLS wrapper of ``conn`` once STARTTLS succeeded)."""
+    def _handshake(self, conn: socket.socket, deadline: float) -> tuple[exports.Export | None, socket.socket]:
+        """Option haggling until an export is open (or the client aborts), by ``deadline`` (a
+        connection that opens nothing must not hold one of the listener's slots: 64 idle ones
+        would lock every host out); the export and the socket to serve it on (a TLS wrapper of
+        ``conn`` once STARTTLS succeeded)."""
+        _until(conn, deadline)
         conn.sendall(struct.pack(">QQH", NBDMAGIC, IHAVEOPT, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
         (client_flags,) = struct.unpack(">I", recv_exact(conn, 4))
         if client_flags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES) or not client_flags & FLAG_FIXED_NEWSTYLE:
             raise ProtocolError(f"unsupported client flags {client_flags:#x}")
         no_zeroes = bool(client_flags & FLAG_NO_ZEROES)
         while True:
+            _until(conn, deadline)
             magic, opt, length = struct.unpack(">QII", recv_exact(conn, 16))
             if magic != IHAVEOPT:
                 raise ProtocolError(f"bad option magic {magic:#x}")
@@ -357,6 +364,17 @@ def _outcome(export: exports.Export, call) -> tuple[int, bytes]:
     except OSError as e:
         log.error("nbd %s: %s", export.name, e)
         return (errno.ENOSPC if e.errno in (errno.ENOSPC, errno.EDQUOT) else errno.EIO), b""
+
+
+NEGOTIATION_TIMEOUT = 60.0  # seconds from the connection to an open export
+
+
+def _until(conn: socket.socket, deadline: float) -> None:
+    """Let the next receives wait only until ``deadline`` (TimeoutError past it)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    conn.settimeout(left)
 
 
 def _option_reply(opt: int, rtype: int, data: bytes = b"") -> bytes:

@@ -24,7 +24,7 @@ from aiohttp import web
 from ..aim.receiver import Receiver
 from ..errors import InvalidInput
 from ..net.secretfile import read_secret
-from ..net.tls import load_server_tls
+from ..net.tls import leaf_certificate, load_server_tls
 from ..node import Node
 from ..storage.fsutil import atomic_write, make_dir, write_new
 from .api import make_app
@@ -141,6 +141,6 @@ def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
     if nbd_tls is None and not listens[1].loopback:
         log.warning("NBD on %s is plain and unauthenticated on a non-loopback address: whoever reaches it reads and "
                     "writes the volumes (serve it with --nbd-tls require)", nbd)
-    aim_cert = Path(aim_tls_cert).read_text() if aim_ctx and aim_tls_cert else None
+    aim_cert = leaf_certificate(Path(aim_tls_cert).read_text()) if aim_ctx and aim_tls_cert else None
     asyncio.run(serve(root, *listens, token_file, (aim_ctx, aim_cert) if aim_ctx else None, api_ctx, nbd_tls))
     return 0

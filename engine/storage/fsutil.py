@@ -53,6 +53,7 @@ def atomic_write(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # a leftover .tmp of another mode keeps it otherwise
         os.write(fd, data)
         os.fsync(fd)
     finally:

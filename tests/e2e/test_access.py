@@ -105,3 +105,32 @@ def test_tokens_revoked_and_the_audit_trail(node, tokens, tmp_path):  # noqa: F8
     (tmp_path / "read.token").chmod(0o600)
     as_read = aimsnap("node", "audit", env={"AIMSNAP_NODE": node.api, "AIMSNAP_TOKEN_FILE": str(tmp_path / "read.token")})
     assert as_read.code == 1 and "needs admin" in as_read.err
+
+
+def test_the_trail_names_what_was_made_and_a_refused_token_cannot_flush_it(node, tokens):  # noqa: F811
+    from engine.access.audit import REFUSALS_PER_MINUTE
+    admin, read = tokens["admin"], tokens["read"]
+    assert http(node, "POST", "/v1/tokens", token=admin, body={"name": "backup", "role": "operator"})[0] == 201
+    for _ in range(REFUSALS_PER_MINUTE + 15):  # a read token POSTing in a loop
+        assert http(node, "POST", "/v1/volumes", token=read, body={"name": "x", "size": "1MiB"})[0] == 403
+    secret = "SECRET-TOKEN-0123456789abcdef"
+    code, raw = http(node, "POST", "/v1/aim-sets", token=admin, data=json.dumps([secret]).encode(),
+                     headers={"Content-Type": "application/json"})
+    assert code == 400 and secret.encode() not in raw  # the whole body of the wrong type is not echoed
+    assert http(node, "POST", "/v1/tokens", token=read, body={"name": "y", "role": "admin"})[0] == 403
+    trail = cli(node, "node", "audit", "--json").json()
+    made = [e for e in trail if e["path"] == "/v1/tokens" and e["status"] == 201]
+    assert made[-1]["request"] == {"name": "backup", "role": "operator"} and made[-1]["role"] == "admin"
+    refused = [e for e in trail if e["token"] == "t-read"]
+    counted = sum(e.get("refusals_not_recorded", 0) for e in refused)
+    assert len(refused) <= REFUSALS_PER_MINUTE + 2 and len(refused) + counted >= REFUSALS_PER_MINUTE + 16
+    assert secret not in json.dumps(trail)
+
+
+def test_leaf_certificate_pins_the_server_itself_never_a_chain_or_a_key():
+    from engine.net.tls import leaf_certificate
+    leaf = "-----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n"
+    chain = leaf + "-----BEGIN CERTIFICATE-----\nINTERMEDIATE\n-----END CERTIFICATE-----\n"
+    key = "-----BEGIN PRIVATE KEY-----\nKEY\n-----END PRIVATE KEY-----\n"
+    assert leaf_certificate(chain) == leaf and leaf_certificate(key + chain) == leaf
+    assert leaf_certificate(key) is None

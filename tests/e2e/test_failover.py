@@ -367,6 +367,8 @@ def test_tls_sets_switch_over_and_fail_back_encrypted(tmp_path, pki):
         _scatter(pair.src.api, "v", rng, 20, SIZE)
         so = pair.src.api.replication.switchover("v-aim", 60)["aim_sets"][0]
         assert so["digests_equal"]
+        peer = [e for e in pair.dst.api.access.audit() if e["token"] == "aim-peer"]  # a peer's role request
+        assert [(e["op"], e["status"], e["request"]["name"]) for e in peer] == [("aim.promote", "accepted", "v-aim")]
         rev = pair.dst.api.replication
         assert rev.info("v-aim")["tls"] and rev.info("v-aim")["role"] == "source"
         _scatter(pair.dst.api, "v-dr", rng, 20, SIZE)

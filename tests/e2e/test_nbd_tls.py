@@ -448,3 +448,17 @@ def test_starttls_without_tls_is_unsupported(tmp_path):
     finally:
         server.stop()
         node.close()
+
+
+def test_a_connection_that_opens_nothing_is_closed_by_the_deadline(served, monkeypatch):
+    """Option after option, slowly, never an export: the connection is closed once the
+    negotiation deadline passes (idle connections cannot take the listener's slots)."""
+    monkeypatch.setattr(nbd, "NEGOTIATION_TIMEOUT", 1.0)
+    _, address, _ = served
+    raw = Raw(address)
+    start = time.monotonic()
+    while time.monotonic() - start < 0.8:  # keeps talking (each option answered), opens nothing
+        assert raw.ask(nbd.OPT_LIST) == nbd.REP_ERR_TLS_REQD
+        time.sleep(0.2)
+    assert raw.closed_by_server(within=10)
+    assert time.monotonic() - start < 5
