@@ -98,10 +98,9 @@ class Replication:
             aim.start()
 
     def receiving(self, aim_port: int, token: str, cert_pem: str | None = None) -> None:
-        """This node's AIM port is open: a set made here by a role change (a reverse set) uses
-        this token, and its source announces this port (for a failback to find it). ``cert_pem``:
-        the certificate that port serves over TLS, which this node's sets hand their destination
-        (what a reverse set pins, so it goes back encrypted too)."""
+        """This node's AIM port is open: a reverse set made here uses this token, and its source
+        announces this port (for a failback to find it). ``cert_pem``: the certificate it serves
+        over TLS, which this node's sets hand their destination (what a reverse set pins)."""
         self.local = (aim_port, token)
         self.local_cert = cert_pem
         for aim in self.sets.values():
