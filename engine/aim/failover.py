@@ -24,7 +24,7 @@ from ..errors import Conflict, EngineError, InvalidInput, NotFound
 from ..storage.bitmap import count_bits
 from ..storage.names import iso
 from ..storage.snapshots import Differential
-from ..net.tls import client_tls
+from ..net.tls import client_tls, plaintext_peer
 from . import wire
 from .roles import receive_bits
 from .wire import parse_address
@@ -157,7 +157,7 @@ def failback(repl: Replication, name: str, source: str | None = None, tls_ca: st
         except ssl.SSLError as e:
             raise EngineError(f"TLS to the old source's AIM port {host}:{port} failed: {e.reason or e}"
                               + (" (it serves no TLS: fail back with --tls-ca only to a TLS port)"
-                                 if "WRONG_VERSION" in str(e) else "")) from None
+                                 if plaintext_peer(e) else "")) from None
         except OSError as e:
             raise EngineError(f"the old source's AIM port {host}:{port} is unreachable: {e.strerror or e}") from None
         vol = repl.storage.volume(t.volume)

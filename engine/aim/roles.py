@@ -28,6 +28,7 @@ import time
 import zlib
 from typing import TYPE_CHECKING
 
+from ..access import audit
 from ..errors import Conflict, EngineError
 from ..storage.bitmap import count_bits, union
 from ..storage.fsutil import atomic_write, make_dir, write_new
@@ -194,13 +195,12 @@ class Roles:
         if access is None:
             return
         answer = hs.answer or {}
-        entry = {"at": iso(self.repl.storage.clock()), "token": "aim-peer", "role": "peer", "remote": host,
-                 "method": "AIM", "path": op, "op": f"aim.{op}", "status": "accepted" if answer.get("ok") else "refused",
-                 "request": {"name": hello.get("set_name"), "generation": hello.get("generation")}}
-        if not answer.get("ok"):
-            entry["error"] = answer.get("error", "no answer")
+        line = audit.entry(iso(self.repl.storage.clock()), "aim-peer", "peer", host, "AIM", op, f"aim.{op}",
+                           "accepted" if answer.get("ok") else "refused",
+                           {"name": hello.get("set_name"), "generation": hello.get("generation")},
+                           None if answer.get("ok") else answer.get("error", "no answer"))
         with contextlib.suppress(OSError):
-            access.log.record(entry)
+            access.log.record(line)
 
     def _promote(self, hello: dict, hs: wire.Handshake, host: str) -> None:
         """A switchover's destination half: everything up to the final marker is applied here, so

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .. import errors
 from ..errors import EngineError
-from ..net.tls import client_tls
+from ..net.tls import client_tls, plaintext_peer
 from ..routes import MAX_WAIT, ROUTES, Route
 
 
@@ -108,7 +108,7 @@ class Http:
             return (f"node {self.url} presented a certificate that is not trusted ({e.verify_message}): "
                     "give its CA or certificate with --node-ca (or $AIMSNAP_NODE_CA; api_tls_ca in policies)")
         if isinstance(e, ssl.SSLError):
-            hint = " (is it an http:// node?)" if "WRONG_VERSION_NUMBER" in str(e) or "wrong version" in str(e) else ""
+            hint = " (is it an http:// node?)" if plaintext_peer(e) else ""
             return f"node {self.url}: TLS failed: {e.reason or e}{hint}"
         if self.url.startswith("http://") and isinstance(e, (http.client.RemoteDisconnected, http.client.BadStatusLine,
                                                               ConnectionResetError)):

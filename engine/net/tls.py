@@ -7,6 +7,12 @@ from ..errors import InvalidInput
 from .secretfile import check_private
 
 
+def plaintext_peer(e: ssl.SSLError) -> bool:
+    """Whether a client's TLS handshake failed because the peer answered in plain text (a port
+    serving no TLS): OpenSSL's "wrong version number"."""
+    return e.reason == "WRONG_VERSION_NUMBER" or "wrong version" in str(e).lower()
+
+
 def leaf_certificate(pem: str) -> str | None:
     """The first certificate of a PEM file (a server's own, in a chain file), and nothing else:
     what a peer may pin. Never an intermediate (pinned, it would trust whatever it signs) nor a

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 import jsonschema
 from aiohttp import web
 
-from ..access import NODE_TOKEN, allows
+from ..access import NODE_TOKEN, allows, audit
 from ..errors import EngineError, Forbidden, InvalidInput
 from ..node import Node
 from ..routes import MAX_DATA, ROUTES, Route
@@ -74,6 +74,7 @@ async def _parse_body(route: Route, request: web.Request) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("the request body is not valid JSON") from None
+    request["body"] = body  # the audit line names some of its fields
     errors = sorted(jsonschema.Draft202012Validator(route.body).iter_errors(body), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
@@ -128,7 +129,7 @@ def make_app(node: Node, token: str, metrics: Callable[[], bytes] | None = None,
             response = await _answer(request, handler, who, route)
             return response
         finally:  # the answer leaves once its record is synced; an unexpected error is recorded too
-            entry = _audit_entry(request, who, route, response, clock(), await _named(request, route))
+            entry = await _audit_entry(request, who, route, response, clock())
             await asyncio.to_thread(node.access.log.record, entry)
 
     async def _answer(request: web.Request, handler, who: tuple[str, str] | None,
@@ -175,31 +176,29 @@ AUDITED_FIELDS = ("name", "role", "source", "type", "to", "members", "point", "l
                   "origin", "force", "repair", "abort", "latest_point", "to_point", "timeout", "size")
 
 
-async def _named(request: web.Request, route: Route | None) -> dict:
-    """The audited fields of a JSON body (aiohttp keeps the body read by the handler)."""
-    if route is None or route.body is None or route.raw_body:
-        return {}
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError, web.HTTPException):
-        return {}
-    return {k: body[k] for k in AUDITED_FIELDS if isinstance(body, dict) and k in body}
+_unparsed = object()
 
 
-def _audit_entry(request: web.Request, who: tuple[str, str], route: Route | None, response: web.StreamResponse,
-                 now: datetime, fields: dict) -> dict:
-    """One line of the audit trail: what was asked (the route, the names in its body, never a
-    secret), by whom, from where, and the answer (the error's message when refused)."""
-    entry = {"at": iso(now), "token": who[0], "role": who[1], "remote": request.remote, "method": request.method,
-             "path": request.path, "op": route.op if route else None, "status": response.status}
-    if fields:
-        entry["request"] = fields
+async def _audit_entry(request: web.Request, who: tuple[str, str], route: Route | None,
+                       response: web.StreamResponse, now: datetime) -> dict:
+    """One line of the audit trail: what was asked (the route, the names in its JSON body as the
+    handler parsed it, never a secret), by whom, from where, and the answer (the error's message
+    when refused)."""
+    body = request.get("body", _unparsed)
+    if body is _unparsed and route is not None and route.body is not None and not route.raw_body:
+        try:  # refused before its handler parsed it: aiohttp kept it (already read, within its size limit)
+            body = json.loads(await request.read())
+        except (ValueError, UnicodeDecodeError, web.HTTPException):
+            body = None
+    fields = {k: body[k] for k in AUDITED_FIELDS if k in body} if isinstance(body, dict) else {}
+    error = None
     if response.status >= 400 and isinstance(response, web.Response) and response.body:
         try:
-            entry["error"] = json.loads(response.body)["error"]["message"]  # type: ignore[arg-type]
+            error = json.loads(response.body)["error"]["message"]  # type: ignore[arg-type]
         except (ValueError, KeyError, TypeError):
             pass
-    return entry
+    return audit.entry(iso(now), who[0], who[1], request.remote, request.method, request.path,
+                       route.op if route else None, response.status, fields, error)
 
 
 def openapi() -> dict:
