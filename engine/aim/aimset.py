@@ -34,6 +34,7 @@ class AimSet:
         self.tls = tlsctx.client_tls(os.path.join(directory, "dest-ca.pem")) if record.tls else None
         self.journal = Journal(os.path.join(directory, "journal"))
         self.journal_end = self.journal.next_seq  # what the disk kept: a marker at or past it was lost
+        self.lost_markers: list[int] = []  # such markers, until a handshake says whether they were applied
         # never reuse a number the destination acknowledged or a resync started from (a power cut
         # can take back a journal tail the destination had already applied)
         self.journal.skip_to(max(record.acked_seq, record.checkpoint_seq, (record.resync_from or 1) - 1) + 1)

@@ -32,11 +32,20 @@ class Markers:
         self.meta.execute("UPDATE markers SET state='failed', error='lost in a crash before it was journaled' "
                           "WHERE state='issued' AND seq IS NULL")
 
-    def fail_lost(self, aim_set: str, journal_end: int) -> None:
-        """At load: markers whose journal entry (at ``journal_end`` or later) the disk did not keep,
-        issued as the power went (their issue never answered: an answered one was synced)."""
-        self.fail_outstanding(aim_set, "lost in a power loss before it was durable in the source's journal",
-                              from_seq=journal_end)
+    def lost(self, aim_set: str, journal_end: int) -> list[int]:
+        """At load: markers journaled at or past ``journal_end``, which the disk did not keep
+        (issued as the power went: their issue was never answered, an answered one was synced).
+        The sender may have shipped one before that sync and the destination applied it, so they
+        stay waiting until the next handshake asks the destination (:meth:`settle_lost`)."""
+        return [r["id"] for r in self.meta.query("SELECT id FROM markers WHERE aim_set=? AND state='issued' AND "
+                                                 "seq IS NOT NULL AND seq >= ?", aim_set, journal_end)]
+
+    def settle_lost(self, ids: list[int]) -> None:
+        """After a handshake gave the destination's results: the lost markers it did not apply
+        never will be (the journal entry is gone)."""
+        for marker_id in ids:
+            self.result(marker_id, {"state": "failed", "error": "lost in a power loss before it was durable in the "
+                                    "source's journal (the destination had not applied it)"})
 
     def fail_outstanding(self, aim_set: str, error: str, *, from_seq: int = 0, before_seq: int | None = None) -> None:
         """Fail the set's journaled markers still waiting, with sequence in [from_seq, before_seq)."""

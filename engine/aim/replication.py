@@ -71,7 +71,7 @@ class Replication:
             aim.volume.observers.append(aim.observer)
             # beyond what the disk kept and what the destination acknowledged (an acknowledged
             # marker's result comes back in the handshake)
-            self.ledger.fail_lost(aim.name, max(aim.journal_end, aim.record.acked_seq + 1))
+            aim.lost_markers = self.ledger.lost(aim.name, max(aim.journal_end, aim.record.acked_seq + 1))
             if aim.record.switchover:  # its host writes stay fenced until it completes or is aborted
                 aim.volume.fence = (f"a switchover of AIM set {aim.name} was in progress when the node stopped: "
                                     f"run aim switchover {aim.name} again (or with --abort)")

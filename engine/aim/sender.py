@@ -88,6 +88,8 @@ class Sender:
                 return
             for result in answer.get("marker_results", []):
                 aim.markers.result(result["id"], result)
+            aim.markers.settle_lost(aim.lost_markers)
+            aim.lost_markers = []
             conn.settimeout(STREAM_TIMEOUT)
             self.session(conn, int(answer.get("applied_seq", 0)), bool(answer.get("resyncing")))
         except BaseException as e:
