@@ -46,6 +46,7 @@ MAX_REQUEST = 32 << 20
 PREFERRED_BLOCK = 4096
 IOV_MAX = 1024
 TLS_SEND_CHUNK = 256 << 10  # replies joined up to this size per TLS write (TLS has no gathering write)
+TLS_RECORD = 16 << 10  # the largest TLS record's payload
 
 _REQUEST = struct.Struct(">IHHQQI")
 _REPLY = struct.Struct(">IIQ")
@@ -336,15 +337,23 @@ def _send_all(conn: socket.socket, parts: list[bytes]) -> None:
 
 
 def _send_all_tls(conn: ssl.SSLSocket, parts: list[bytes]) -> None:
-    """A TLS socket has no ``sendmsg`` (and the data is copied to be encrypted anyway): join the
-    replies into writes of up to about :data:`TLS_SEND_CHUNK`, so that a batch of small replies
-    goes in a few TLS records, not one record per 16-byte header."""
+    """A TLS socket has no ``sendmsg``: join small replies into writes of up to about
+    :data:`TLS_SEND_CHUNK` (a batch of 16-byte headers goes in a few TLS records, not one each),
+    but copy at most one record's worth of a large read's data (the rest is encrypted from the
+    read buffer itself: the join was a second copy of every byte read)."""
     pending = bytearray()
     for part in parts:
-        pending += part
-        if len(pending) >= TLS_SEND_CHUNK:
-            conn.sendall(pending)
-            pending.clear()
+        if len(part) < TLS_RECORD:
+            pending += part
+            if len(pending) >= TLS_SEND_CHUNK:
+                conn.sendall(pending)
+                pending.clear()
+            continue
+        head = max(0, TLS_RECORD - len(pending))  # the queued headers and the first record of data
+        pending += memoryview(part)[:head]
+        conn.sendall(pending)
+        pending.clear()
+        conn.sendall(memoryview(part)[head:])
     if pending:
         conn.sendall(pending)
 

@@ -81,14 +81,14 @@ def _address(sock: socket.socket) -> str:
 
 async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None,
                 aim_tls: tuple[ssl.SSLContext, str] | None = None, api_tls: ssl.SSLContext | None = None,
-                nbd_tls: NbdTls | None = None) -> None:
+                nbd_tls: NbdTls | None = None, nbd_max_connections: int = 64) -> None:
     """``aim_tls``: the AIM port's TLS context and the PEM certificate it serves."""
     make_dir(root)
     token_file = token_file or os.path.join(root, "api.token")
     token, created = load_or_create_token(token_file)
     sockets = {"api": api.bind(), "nbd": nbd.bind(), "aim": aim.bind()}
     node = Node(root)
-    nbd_server = NbdServer(node, tls=nbd_tls)
+    nbd_server = NbdServer(node, max_connections=nbd_max_connections, tls=nbd_tls)
     receiver = Receiver(node, token, *(aim_tls or (None, None)))
     metrics = NodeMetrics(node, receiver)
     runner = web.AppRunner(make_app(node, token, metrics.render), access_log=None, handle_signals=False)
@@ -124,7 +124,8 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
 
 def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
         aim_tls_cert: str | None = None, aim_tls_key: str | None = None, api_tls_cert: str | None = None,
-        api_tls_key: str | None = None, insecure_http: bool = False, nbd_tls: NbdTls | None = None) -> int:
+        api_tls_key: str | None = None, insecure_http: bool = False, nbd_tls: NbdTls | None = None,
+        nbd_max_connections: int = 64) -> int:
     """Serve until SIGTERM; ``nbd_tls`` is the NBD port's TLS policy (:func:`.nbdtls.configure`)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     listens = (Listen.parse(api, "api"), Listen.parse(nbd, "nbd"), Listen.parse(aim, "aim"))
@@ -142,5 +143,6 @@ def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
         log.warning("NBD on %s is plain and unauthenticated on a non-loopback address: whoever reaches it reads and "
                     "writes the volumes (serve it with --nbd-tls require)", nbd)
     aim_cert = leaf_certificate(Path(aim_tls_cert).read_text()) if aim_ctx and aim_tls_cert else None
-    asyncio.run(serve(root, *listens, token_file, (aim_ctx, aim_cert) if aim_ctx else None, api_ctx, nbd_tls))
+    asyncio.run(serve(root, *listens, token_file, (aim_ctx, aim_cert) if aim_ctx else None, api_ctx, nbd_tls,
+                      nbd_max_connections))
     return 0

@@ -43,17 +43,20 @@ def node() -> None:
 @click.option("--nbd-tls-clients", default=None, type=click.Path(dir_okay=False),
               help='JSON map of client certificate CN to the exports it may open (globs), e.g. '
               '{"host1.example": ["db01", "erp*"]}; needs --nbd-tls-client-ca.')
+@click.option("--nbd-max-connections", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="NBD connections served at once (one thread each); one more is refused and logged.")
 @click.pass_obj
 def serve(target, node_root: str | None, api: str, nbd: str, aim: str, serve_token_file: str | None,
           aim_tls_cert: str | None, aim_tls_key: str | None, api_tls_cert: str | None, api_tls_key: str | None,
           insecure_http: bool, nbd_tls_mode: str, nbd_tls_cert: str | None, nbd_tls_key: str | None,
-          nbd_tls_client_ca: str | None, nbd_tls_clients: str | None) -> int:
+          nbd_tls_client_ca: str | None, nbd_tls_clients: str | None, nbd_max_connections: int) -> int:
     """Serve the control API, NBD exports and the AIM port of a node root until SIGTERM."""
     # imported here: aiohttp is heavy, only the node process needs it
     from engine.serve import nbdtls, server
     nbd_tls = nbdtls.configure(nbd_tls_mode, nbd_tls_cert, nbd_tls_key, nbd_tls_client_ca, nbd_tls_clients)
     return server.run(node_root or target.root, api, nbd, aim, serve_token_file or target.token_file,
-                      aim_tls_cert, aim_tls_key, api_tls_cert, api_tls_key, insecure_http, nbd_tls)
+                      aim_tls_cert, aim_tls_key, api_tls_cert, api_tls_key, insecure_http, nbd_tls,
+                      nbd_max_connections)
 
 
 @node.group()

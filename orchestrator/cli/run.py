@@ -66,7 +66,7 @@ def run(files: tuple[str, ...], db: str, log_json: bool, stall_after: str, metri
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     orch = Orchestrator(list(files), db)
     dog = Watchdog(orch.store, lambda: orch.bundle.aim_sets(),
-                   lambda node, name: orch.runner.nodes(node).replication.info(name), stall)
+                   lambda node: orch.runner.nodes(node).replication.list(), stall)
     if metrics_addr:
         serve_metrics(metrics_addr, orch.store, dog)
     page = None

@@ -17,19 +17,23 @@ log = logging.getLogger("aimsnap.watchdog")
 
 class Watchdog:
     def __init__(self, store: Store, aim_sets: Callable[[], list[tuple[str, str]]],
-                 info: Callable[[str, str], dict], stall_after: float = 300.0) -> None:
-        self.store, self.aim_sets, self.info, self.stall_after = store, aim_sets, info, stall_after
+                 node_sets: Callable[[str], list[dict]], stall_after: float = 300.0) -> None:
+        """``node_sets(node)``: the status of every AIM set on that node (one call per node and
+        round, however many sets it has: ``GET /v1/aim-sets``)."""
+        self.store, self.aim_sets, self.node_sets, self.stall_after = store, aim_sets, node_sets, stall_after
         self.seen: dict[tuple[str, str], tuple[int, datetime]] = {}  # (node, set) -> (acked, since)
         self.stalled: set[tuple[str, str]] = set()
         self.errors: dict[tuple[str, str], tuple[str, str]] = {}  # (node, set) -> (error | fenced, the reason)
         self.infos: dict[tuple[str, str], dict] = {}  # (node, set) -> its last status (the status page)
 
     def check(self, now: datetime) -> set[tuple[str, str]]:
+        listed: dict[str, dict[str, dict] | None] = {}  # node -> name -> status (None: unreachable)
         for key in self.aim_sets():
             node, name = key
-            try:
-                info = self.info(node, name)
-            except EngineError:
+            if node not in listed:
+                listed[node] = self._list(node)
+            info = (listed[node] or {}).get(name)
+            if info is None:
                 continue  # an unreachable node shows up as failed runs, not as a stall
             self.infos[key] = info
             self._error(key, info, now)
@@ -49,6 +53,16 @@ class Watchdog:
                 log.warning(msg)
                 self.store.event(now, "stalled", msg, details={"node": node, "aim_set": name, "queued": queued})
         return set(self.stalled)
+
+    def _list(self, node: str) -> dict[str, dict] | None:
+        try:
+            sets = self.node_sets(node)
+        except EngineError:
+            return None
+        out: dict[str, dict] = {}
+        for info in sets:  # a node lists the sets it is the source of first: those are the ones watched
+            out.setdefault(info["name"], info)
+        return out
 
     def last_seen(self) -> list[dict]:
         """What the last look saw of every AIM set (the status page's table)."""

@@ -399,6 +399,9 @@ def test_stalled_tls_handshake_is_dropped(served):
     assert time.monotonic() - start < 5
 
 
+SIZES_AROUND_A_RECORD = (1, 16383, 4096, 16384, 12, 16385, 40000, (16 << 10) + 1, 100, 200000, 3)
+
+
 def test_transmission_over_tls_batches_and_counts_the_open(served, pki):
     node, address, _ = served
     c = NbdClient(address, "v", tls=client_ctx(pki))
@@ -408,10 +411,14 @@ def test_transmission_over_tls_batches_and_counts_the_open(served, pki):
                          + [(nbd.CMD_WRITE, (4 << 20) + i * 4096, 4096, bytes([i]) * 4096, 0) for i in range(40)]
                          + [(nbd.CMD_FLUSH, 0, 0, b"", 0)]
                          + [(nbd.CMD_READ, (4 << 20) + i * 4096, 4096, b"", 0) for i in range(40)]
-                         + [(nbd.CMD_READ, 0, len(big), b"", 0), (nbd.CMD_READ, 9 << 20, 1, b"", 0)])
+                         + [(nbd.CMD_READ, 0, len(big), b"", 0)]
+                         # around one TLS record, between small ones (a large read is sent from its buffer)
+                         + [(nbd.CMD_READ, 7 * n, n, b"", 0) for n in SIZES_AROUND_A_RECORD]
+                         + [(nbd.CMD_READ, 9 << 20, 1, b"", 0)])
     assert all(e == 0 for e, _ in replies[:-1]) and replies[-1][0] != 0
     assert [d for _, d in replies[42:82]] == [bytes([i]) * 4096 for i in range(40)]
     assert replies[82][1] == big
+    assert [d for _, d in replies[83:-1]] == [big[7 * n:8 * n] for n in SIZES_AROUND_A_RECORD]
     c.send_raw(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_DISC, 0, 0, 0))
     c.close()
     deadline = time.monotonic() + 5

@@ -9,12 +9,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
 
 import pytest
 
 from ..cli import aimsnap
 from engine.client.nbd import NbdClient
+from engine.client.remote import RemoteNode
 from orchestrator.demo.localnode import start_node
 
 pytestmark = pytest.mark.skipif(not shutil.which("nbdcopy") or not shutil.which("qemu-img"),
@@ -234,3 +236,30 @@ def test_sigterm_then_restart_keeps_state(tmp_path):
         assert cli(n2, "volume", "read", "v", "--offset", "100", "--length", "7").out == b"persist"
     finally:
         assert n2.stop() == 0
+
+
+def test_nbd_max_connections_is_configurable(tmp_path):
+    """--nbd-max-connections: that many hosts are served at once, one more is refused (and the
+    node says so in its log), and a closed connection makes room again."""
+    n = start_node(str(tmp_path / "node"), extra=("--nbd-max-connections", "2"))
+    try:
+        remote = RemoteNode(n.api, n.token)
+        remote.create_volume("v", 1 << 20)
+        remote.close()
+        first, second = NbdClient(n.nbd, "v"), NbdClient(n.nbd, "v")
+        with pytest.raises((ConnectionError, OSError)):
+            NbdClient(n.nbd, "v")
+        assert "refused: 2 connections already" in n.log()
+        first.close()
+        for _ in range(100):  # the server notices the close
+            try:
+                third = NbdClient(n.nbd, "v")
+                break
+            except (ConnectionError, OSError):
+                time.sleep(0.05)
+        assert third.read(0, 4) == (0, bytes(4)) and second.read(0, 4) == (0, bytes(4))
+        third.close()
+        second.close()
+    finally:
+        assert n.stop() == 0, n.log()
+    assert aimsnap("node", "serve", "--root", str(tmp_path / "x"), "--nbd-max-connections", "0").code == 2

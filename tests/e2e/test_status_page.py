@@ -142,7 +142,7 @@ def test_a_site_of_sixty_policies_reads_on_one_screen(tmp_path):
     infos = {s: {"state": "disconnected" if s in ("set013", "set077") else "replicating", "role": "source",
                  "lag_seconds": 0.4, "queued_bytes": 4096, "acked_seq": 1, "queued_entries": 0,
                  "last_error": "connection refused" if s in ("set013", "set077") else None} for s in sets}
-    dog = Watchdog(store, lambda: [("prod", s) for s in sets], lambda node, name: infos[name])
+    dog = Watchdog(store, lambda: [("prod", s) for s in sets], lambda node: [dict(i, name=n) for n, i in infos.items()])
     dog.check(now)
     page = StatusPage("127.0.0.1:0", store, dog, clock=lambda: now)
     page.start()

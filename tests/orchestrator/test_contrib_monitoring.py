@@ -26,7 +26,7 @@ BUILTIN = {"up"}  # Prometheus' own series
 
 def exported(tmp_path) -> set[str]:
     store = Store(str(tmp_path / "o.db"))
-    text = generate_latest(registry(store, Watchdog(store, list, lambda n, s: {}))).decode()
+    text = generate_latest(registry(store, Watchdog(store, list, lambda n: []))).decode()
     node = Node(str(tmp_path / "n"))
     try:
         text += NodeMetrics(node, Receiver(node, "t" * 20)).render().decode()

@@ -227,7 +227,7 @@ def test_stall_watchdog(tmp_path):
     from orchestrator.schedule.watchdog import Watchdog
     store = Store(str(tmp_path / "w.db"))
     state = {"acked_seq": 10, "queued_entries": 5, "state": "disconnected", "last_error": "Connection refused"}
-    dog = Watchdog(store, lambda: [("prod", "a")], lambda n, s: dict(state), stall_after=300)
+    dog = Watchdog(store, lambda: [("prod", "a")], lambda n: [dict(state, name="a")], stall_after=300)
     t = datetime(2026, 6, 1, tzinfo=timezone.utc)
     assert dog.check(t) == set()
     assert dog.check(t + timedelta(seconds=299)) == set()
@@ -252,7 +252,7 @@ def test_a_fenced_aim_set_is_an_event_once_and_shows_in_status(tmp_path):
     store = Store(str(tmp_path / "w.db"))
     reason = "fenced: the destination was promoted at generation 2 on 2026-06-01T00:00:00Z (failover)"
     state = {"acked_seq": 10, "queued_entries": 3, "state": "fenced", "last_error": reason}
-    dog = Watchdog(store, lambda: [("prod", "a")], lambda n, s: dict(state))
+    dog = Watchdog(store, lambda: [("prod", "a")], lambda n: [dict(state, name="a")])
     t = datetime(2026, 6, 1, tzinfo=timezone.utc)
     dog.check(t)
     dog.check(t + timedelta(seconds=30))  # once, not at every look
@@ -262,3 +262,29 @@ def test_a_fenced_aim_set_is_an_event_once_and_shows_in_status(tmp_path):
     st = aimsnap("status", "--db", str(tmp_path / "w.db"), "--json").json()
     assert st["fenced"] and reason in st["fenced"][0]
     assert "FENCED: AIM set a on prod is fenced" in aimsnap("status", "--db", str(tmp_path / "w.db")).text
+
+
+def test_watchdog_asks_each_node_once_per_round(tmp_path):
+    """1,000 policies' sets on a few nodes cost a few calls a round, not one per set; an
+    unreachable node skips only its own sets; a set a node does not list is skipped."""
+    from engine import EngineError
+    from orchestrator.store import Store
+    from orchestrator.schedule.watchdog import Watchdog
+    calls: list[str] = []
+
+    def node_sets(node: str) -> list[dict]:
+        calls.append(node)
+        if node == "down":
+            raise EngineError("node down is unreachable")
+        # a destination-role entry of the same name comes after the source's, and is not the one watched
+        return ([{"name": f"s{i}", "acked_seq": i, "queued_entries": 1, "state": "replicating"} for i in range(50)]
+                + [{"name": "s0", "acked_seq": 999, "state": "error", "last_error": "x"}])
+
+    watched = [(n, f"s{i}") for n in ("prod", "edge", "down") for i in range(50)] + [("prod", "gone")]
+    dog = Watchdog(Store(str(tmp_path / "w.db")), lambda: watched, node_sets, stall_after=300)
+    t = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    dog.check(t)
+    assert sorted(calls) == ["down", "edge", "prod"]
+    assert dog.check(t + timedelta(seconds=301)) == {(n, f"s{i}") for n in ("prod", "edge") for i in range(50)}
+    assert len(calls) == 6
+    assert dog.infos[("prod", "s0")]["acked_seq"] == 0 and not dog.problems()
