@@ -17,6 +17,7 @@ class Export:
     description: str
     read: Callable[[int, int], bytes]
     volume: Volume | Clone | None = None  # set only for read-write exports
+    read_into: Callable[[int, memoryview], None] | None = None  # a plain volume's: into the server's buffer
 
     @property
     def read_only(self) -> bool:
@@ -58,8 +59,8 @@ def resolve(node, name: str) -> Export:
     if vol is None or vol.role != "volume":
         raise NotFound(f"no export {name!r}")
     if vol.replica_of:
-        return Export(name, vol.size, f"AIM destination of {vol.replica_of}", vol.read)
-    return Export(name, vol.size, "volume", vol.read, vol)
+        return Export(name, vol.size, f"AIM destination of {vol.replica_of}", vol.read, read_into=vol.read_into)
+    return Export(name, vol.size, "volume", vol.read, vol, vol.read_into)
 
 
 def names(node) -> list[tuple[str, str]]:

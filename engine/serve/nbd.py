@@ -13,12 +13,13 @@ import socket
 import ssl
 import struct
 import time
-from typing import NamedTuple
 
 from ..errors import Conflict, EngineError, InvalidInput, NotFound
 from ..net.listener import ThreadedListener
-from ..net.recvbuf import RecvBuffer, recv_exact
+from ..net.recvbuf import recv_exact
 from . import exports
+from .nbdio import CMD_WRITE, MAX_REQUEST, ProtocolError, ReadArena, Request, Requests, send_all
+from .nbdio import REQUEST_MAGIC  # noqa: F401 - one of the protocol's names, with the others here
 from .nbdtls import NbdTls, TlsFailed
 
 log = logging.getLogger("aimsnap.nbd")
@@ -26,7 +27,6 @@ log = logging.getLogger("aimsnap.nbd")
 NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
 REPLY_MAGIC = 0x0003E889045565A9
-REQUEST_MAGIC = 0x25609513
 SIMPLE_REPLY_MAGIC = 0x67446698
 
 FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1 << 0, 1 << 1
@@ -38,22 +38,13 @@ INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
 
 TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_SEND_FUA = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 TF_SEND_TRIM, TF_SEND_WRITE_ZEROES, TF_CAN_MULTI_CONN = 1 << 5, 1 << 6, 1 << 8
-CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = 0, 1, 2, 3, 4, 5, 6
+CMD_READ, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = 0, 2, 3, 4, 5, 6
 CMD_FLAG_FUA = 1 << 0
 
 MAX_OPTION_DATA = 64 * 1024
-MAX_REQUEST = 32 << 20
 PREFERRED_BLOCK = 4096
-IOV_MAX = 1024
-TLS_SEND_CHUNK = 256 << 10  # replies joined up to this size per TLS write (TLS has no gathering write)
-TLS_RECORD = 16 << 10  # the largest TLS record's payload
 
-_REQUEST = struct.Struct(">IHHQQI")
 _REPLY = struct.Struct(">IIQ")
-
-
-class ProtocolError(Exception):
-    """The peer broke the protocol: close this connection."""
 
 
 def _transmission_flags(export: exports.Export) -> int:
@@ -69,7 +60,7 @@ class NbdServer:
     """One thread per connection, blocking sockets: the kernel copies payloads straight into the
     connection's receive buffer and ``pwrite`` takes them from there, and connections run in
     parallel while the GIL is released in those calls (the same shape as nbdkit's threads).
-    Everything a client has queued is handled as one batch (see :class:`_Requests`)."""
+    Everything a client has queued is handled as one batch (see :class:`.nbdio.Requests`)."""
 
     def __init__(self, node, max_connections: int = 64, tls: NbdTls | None = None) -> None:
         self.node, self.tls = node, tls
@@ -220,9 +211,10 @@ class NbdServer:
 
     # -- transmission --------------------------------------------------------------------------------
     def _transmission(self, export: exports.Export, conn: socket.socket) -> None:
-        requests = _Requests(conn)
+        requests, arena = Requests(conn), ReadArena()
         while True:
             batch = requests.batch()
+            arena.reset()  # the previous batch's replies are sent
             replies: list[bytes] = []
             i = 0
             while i < len(batch):
@@ -237,17 +229,21 @@ class NbdServer:
                         replies.append(_REPLY.pack(SIMPLE_REPLY_MAGIC, error, r.handle))
                     i = j
                     continue
-                error, data = self._command(export, req)
+                if req.cmd == CMD_READ and not arena.fits(req.length):  # send what the buffer holds first
+                    send_all(conn, replies)
+                    replies = []
+                    arena.reset()
+                error, data = self._command(export, req, arena)
                 replies.append(_REPLY.pack(SIMPLE_REPLY_MAGIC, error, req.handle))
                 if data:
                     replies.append(data)
                 i += 1
             if replies:
-                _send_all(conn, replies)
+                send_all(conn, replies)
             if i < len(batch):  # CMD_DISC
                 return
 
-    def _writes(self, export: exports.Export, reqs: list["_Request"]) -> list[int]:
+    def _writes(self, export: exports.Export, reqs: list[Request]) -> list[int]:
         """Land a run of writes together; the error of each (a bad range fails alone)."""
         errors = [_range_error(export, r) or (errno.EPERM if export.read_only else 0) for r in reqs]
         good = [r for r, e in zip(reqs, errors) if not e]
@@ -257,13 +253,16 @@ class NbdServer:
             errors = [e or error for e in errors]
         return errors
 
-    def _command(self, export: exports.Export, req: "_Request") -> tuple[int, bytes]:
+    def _command(self, export: exports.Export, req: Request, arena: ReadArena) -> tuple[int, bytes]:
         cmd, fua = req.cmd, bool(req.flags & CMD_FLAG_FUA)
         if cmd in (CMD_READ, CMD_TRIM, CMD_WRITE_ZEROES, CMD_CACHE) and _range_error(export, req):
             return errno.EINVAL, b""
         if cmd == CMD_READ:
             if req.length > MAX_REQUEST:
                 return errno.EINVAL, b""
+            view = arena.take(req.length) if export.read_into is not None else None
+            if view is not None:
+                return _outcome(export, lambda: export.read_into(req.offset, view) or view)
             return _outcome(export, lambda: export.read(req.offset, req.length))
         if cmd in (CMD_TRIM, CMD_WRITE_ZEROES):
             if export.read_only:
@@ -274,91 +273,7 @@ class NbdServer:
         return (0, b"") if cmd == CMD_CACHE else (errno.EINVAL, b"")
 
 
-class _Request(NamedTuple):
-    cmd: int
-    flags: int
-    handle: int
-    offset: int
-    length: int
-    data: memoryview  # a write's payload, valid until the next batch
-
-
-class _Requests:
-    """Requests as they arrive: one ``recv`` brings everything the client has queued (fio at
-    iodepth 16 queues 16), and the server handles it as one batch: consecutive writes land
-    together (one journal append for an AIM source) and the replies go back in one ``send``."""
-
-    def __init__(self, conn: socket.socket) -> None:
-        self.rb = RecvBuffer(conn)
-
-    def batch(self) -> list[_Request]:
-        while True:
-            batch, need = self._parse()
-            if batch:
-                return batch
-            self.rb.fill(need)
-
-    def _parse(self) -> tuple[list[_Request], int]:
-        """The complete requests received, and the bytes the next one needs."""
-        rb, out = self.rb, []
-        buf, pos, end = rb.buf, rb.start, rb.end
-        view = memoryview(buf)
-        need = _REQUEST.size
-        while end - pos >= _REQUEST.size:
-            magic, flags, cmd, handle, offset, length = _REQUEST.unpack_from(buf, pos)
-            if magic != REQUEST_MAGIC:
-                raise ProtocolError(f"bad request magic {magic:#x}")
-            if cmd == CMD_WRITE:
-                if length > MAX_REQUEST:
-                    raise ProtocolError(f"write of {length} bytes exceeds the {MAX_REQUEST} byte maximum")
-                need += length
-            if end - pos < need:
-                break
-            out.append(_Request(cmd, flags, handle, offset, length, view[pos + _REQUEST.size:pos + need]))
-            pos += need
-            need = _REQUEST.size
-        rb.start = pos
-        return out, need
-
-
-def _send_all(conn: socket.socket, parts: list[bytes]) -> None:
-    """Send a batch's replies with gathering writes: read data is not copied to be joined."""
-    if isinstance(conn, ssl.SSLSocket):
-        _send_all_tls(conn, parts)
-        return
-    for i in range(0, len(parts), IOV_MAX):
-        views = [memoryview(p) for p in parts[i:i + IOV_MAX]]
-        while views:
-            sent = conn.sendmsg(views)
-            while views and sent >= len(views[0]):
-                sent -= len(views.pop(0))
-            if views and sent:
-                views[0] = views[0][sent:]
-
-
-def _send_all_tls(conn: ssl.SSLSocket, parts: list[bytes]) -> None:
-    """A TLS socket has no ``sendmsg``: join small replies into writes of up to about
-    :data:`TLS_SEND_CHUNK` (a batch of 16-byte headers goes in a few TLS records, not one each),
-    but copy at most one record's worth of a large read's data (the rest is encrypted from the
-    read buffer itself: the join was a second copy of every byte read)."""
-    pending = bytearray()
-    for part in parts:
-        if len(part) < TLS_RECORD:
-            pending += part
-            if len(pending) >= TLS_SEND_CHUNK:
-                conn.sendall(pending)
-                pending.clear()
-            continue
-        head = max(0, TLS_RECORD - len(pending))  # the queued headers and the first record of data
-        pending += memoryview(part)[:head]
-        conn.sendall(pending)
-        pending.clear()
-        conn.sendall(memoryview(part)[head:])
-    if pending:
-        conn.sendall(pending)
-
-
-def _range_error(export: exports.Export, req: _Request) -> int:
+def _range_error(export: exports.Export, req: Request) -> int:
     return errno.EINVAL if req.offset + req.length > export.size else 0
 
 

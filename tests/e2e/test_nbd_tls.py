@@ -414,11 +414,17 @@ def test_transmission_over_tls_batches_and_counts_the_open(served, pki):
                          + [(nbd.CMD_READ, 0, len(big), b"", 0)]
                          # around one TLS record, between small ones (a large read is sent from its buffer)
                          + [(nbd.CMD_READ, 7 * n, n, b"", 0) for n in SIZES_AROUND_A_RECORD]
+                         # past what the connection's read buffer holds (the replies so far go first),
+                         # then one larger than it (allocated, as before)
+                         + [(nbd.CMD_READ, 0, len(big), b"", 0), (nbd.CMD_READ, 0, 5 << 20, b"", 0)]
                          + [(nbd.CMD_READ, 9 << 20, 1, b"", 0)])
     assert all(e == 0 for e, _ in replies[:-1]) and replies[-1][0] != 0
     assert [d for _, d in replies[42:82]] == [bytes([i]) * 4096 for i in range(40)]
     assert replies[82][1] == big
-    assert [d for _, d in replies[83:-1]] == [big[7 * n:8 * n] for n in SIZES_AROUND_A_RECORD]
+    assert [d for _, d in replies[83:-3]] == [big[7 * n:8 * n] for n in SIZES_AROUND_A_RECORD]
+    assert replies[-3][1] == big
+    small = b"".join(bytes([i]) * 4096 for i in range(40))
+    assert replies[-2][1] == big + bytes(1 << 20) + small + bytes((1 << 20) - len(small))
     c.send_raw(struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_DISC, 0, 0, 0))
     c.close()
     deadline = time.monotonic() + 5
