@@ -283,9 +283,6 @@ class Replication:
         """Every set this node is the source of, then every one it receives."""
         return [self.info(n) for n in sorted(self.sets)] + [self.targets.info(t) for t in self.targets.all()]
 
-    def of_volume(self, volume: str) -> list[str]:
-        return sorted(a.name for a in self.sets.values() if a.volume.name == volume)
-
     def delete(self, name: str) -> None:
         if name not in self.sets:  # a set received here: forgotten (a promoted one can no longer fail back)
             with self.roles.lock:

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -122,12 +123,29 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
     print("aimsnap node stopped cleanly", flush=True)
 
 
+def _raise_open_files_limit() -> None:
+    """A node holds a descriptor per volume, journal segment, bitmap, open point and connection:
+    thousands at a real site. Take the hard limit (what the administrator allows) as the soft one,
+    as servers do; said in the log if it stays low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (OSError, ValueError) as e:  # beyond the kernel's nr_open
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, want, e)
+    if hard < 16384:
+        log.warning("the open files limit is %d: a node with thousands of volumes, points or AIM sets needs more "
+                    "(raise LimitNOFILE / ulimit -Hn)", hard)
+
+
 def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
         aim_tls_cert: str | None = None, aim_tls_key: str | None = None, api_tls_cert: str | None = None,
         api_tls_key: str | None = None, insecure_http: bool = False, nbd_tls: NbdTls | None = None,
         nbd_max_connections: int = 64) -> int:
     """Serve until SIGTERM; ``nbd_tls`` is the NBD port's TLS policy (:func:`.nbdtls.configure`)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _raise_open_files_limit()
     listens = (Listen.parse(api, "api"), Listen.parse(nbd, "nbd"), Listen.parse(aim, "aim"))
     aim_ctx = load_server_tls(aim_tls_cert, aim_tls_key, "AIM port", "aim")
     api_ctx = load_server_tls(api_tls_cert, api_tls_key, "control API", "api")

@@ -14,7 +14,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .bitmap import BlockBitmap, count_bits, runs
@@ -26,6 +27,7 @@ from .volume import Volume, WriteIntent, pread_all
 if TYPE_CHECKING:
     from .clones import Clone
 
+OPEN_OLDER = 16  # per differential: older points whose map and data file stay open once read
 _COPY_RUN_BLOCKS = 256  # 16 MiB at 64 KiB blocks: long enough to stream, short enough to not stall writes
 
 
@@ -141,28 +143,64 @@ class CompleteImage:
         self.dirty.close()
 
 
-@dataclass
 class Point:
     """One point in time of a differential snapshot: the blocks overwritten since it was enabled,
-    kept at their own offsets in a sparse file, with a presence map."""
+    kept at their own offsets in a sparse file, with a presence map.
 
-    name: str
-    seq: int
-    created_at: str
-    data_path: str
-    present: BlockBitmap
-    fd: int = field(init=False)
+    The map and the data file are opened when first needed: a node keeps tens of thousands of
+    points and reads few of them, and opening every one at start cost two descriptors and a map
+    read each. Closed again by its relationship (:meth:`Differential.opened`), always under the
+    source volume's lock, as every other use is; an fd or map is never held across an open of
+    another point."""
 
-    def __post_init__(self) -> None:
-        self.fd = os.open(self.data_path, os.O_RDWR)
+    def __init__(self, name: str, seq: int, created_at: str, data_path: str, map_path: str, nblocks: int,
+                 present: BlockBitmap | None = None) -> None:
+        self.name, self.seq, self.created_at = name, seq, created_at
+        self.data_path, self.map_path, self.nblocks = data_path, map_path, nblocks
+        self._present, self._fd = present, None
+        self._stored: int | None = None  # the map's count while it is closed
+        self.on_open: Callable[[Point], None] = lambda p: None
+
+    @property
+    def present(self) -> BlockBitmap:
+        if self._present is None:
+            self._present = BlockBitmap(self.map_path, self.nblocks)
+            self.on_open(self)
+        return self._present
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.data_path, os.O_RDWR)
+            self.on_open(self)
+        return self._fd
+
+    @property
+    def is_open(self) -> bool:
+        return self._present is not None or self._fd is not None
 
     def close(self) -> None:
-        os.close(self.fd)
-        self.present.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        present = self._present
+        if present is not None:
+            self._stored = present.count()
+            self._present = None
+            present.close()
+
+    def stored_blocks(self) -> int:
+        present = self._present
+        if present is not None:
+            return present.count()
+        if self._stored is None:  # counted from the file once, without keeping it open
+            with open(self.map_path, "rb") as f:
+                self._stored = count_bits(f.read())
+        return self._stored
 
     def info(self) -> dict:
         return {"name": self.name, "seq": self.seq, "created_at": self.created_at,
-                "stored_blocks": self.present.count()}
+                "stored_blocks": self.stored_blocks()}
 
 
 class Differential:
@@ -180,6 +218,23 @@ class Differential:
         self.enable_lock = threading.Lock()
         self.state = "ready" if points else "new"
         self._result: EnableResult | None = None
+        self._open: OrderedDict[int, Point] = OrderedDict()  # older points open now, least recently opened first
+        for p in points:
+            p.on_open = self.opened
+
+    def opened(self, point: Point) -> None:
+        """A point opened its map or data file (under the source lock)."""
+        if not (self.points and point is self.points[-1]):  # the newest takes every copy: it stays open
+            self._open[point.seq] = point
+            self._open.move_to_end(point.seq)
+
+    def trim(self) -> None:
+        """Keep at most :data:`OPEN_OLDER` older points open, closing those opened longest ago.
+        Called where an operation is done with its points (under the source lock), never in the
+        middle of one: a read of an old point needs every newer point's map at once."""
+        while len(self._open) > OPEN_OLDER:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
 
     def before_write(self, batch: Sequence[WriteIntent]) -> None:
         if self.points:
@@ -195,6 +250,9 @@ class Differential:
         pass  # copies are made durable before the write they protect lands (see preserve)
 
     def begin_enable(self, now: str, point: Point) -> None:
+        if self.points:  # the newest until now takes no more copies: closed until a read needs it
+            self.points[-1].close()
+        point.on_open = self.opened
         self.points.append(point)
         self.state = "ready"
         self._result = EnableResult(self.name, self.type, now, point=point.name)
@@ -221,7 +279,10 @@ class Differential:
             return self.source
 
         with self.source.lock:
-            return read_pieces(offset, length, self.source.block_size, holder)
+            try:
+                return read_pieces(offset, length, self.source.block_size, holder)
+            finally:
+                self.trim()
 
     def remove_point(self, index: int) -> Point:
         """Detach a point, first handing the blocks its predecessor still needs to it (caller
@@ -238,6 +299,8 @@ class Differential:
                 prev.present.mark(first, first + count - 1)
             prev.present.sync()
         del self.points[index]
+        self._open.pop(point.seq, None)
+        self.trim()
         return point
 
     def info(self) -> dict:

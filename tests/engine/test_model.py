@@ -208,3 +208,22 @@ class EngineModel(RuleBasedStateMachine):
 
 
 TestEngineModel = EngineModel.TestCase
+
+
+class FewOpenPoints(EngineModel):
+    """The same model with one older point open per differential: every read and delete closes
+    what the one before opened (the lazy opening of points, under churn)."""
+
+    @initialize()
+    def setup(self) -> None:
+        from engine.storage import snapshots
+        self._open_older, snapshots.OPEN_OLDER = snapshots.OPEN_OLDER, 1
+        super().setup()
+
+    def teardown(self) -> None:
+        from engine.storage import snapshots
+        super().teardown()
+        snapshots.OPEN_OLDER = self._open_older
+
+
+TestFewOpenPoints = FewOpenPoints.TestCase

@@ -243,3 +243,42 @@ def test_snapshot_set_errors_and_membership(root):
         node.delete_snapshot("v-pit")
         with pytest.raises(NotFound):
             node.enable_snapshot_set("s")
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_points_open_only_when_used_and_few_stay_open(root, monkeypatch):
+    """A node with many points opens none of them (no descriptor, no map read), counts their
+    stored blocks without keeping them open, reads every one right in any order while at most
+    OPEN_OLDER older points stay open, and deletes and enables as before."""
+    from engine.storage import snapshots
+    monkeypatch.setattr(snapshots, "OPEN_OLDER", 4)
+    n = 40
+    with Node(root) as node:
+        node.create_volume("v", "4MiB")
+        node.create_snapshot("v-pit", "v", "differential")
+        for i in range(n):  # point p{i}: blocks 0..i hold i+1 (block i+1 is still 0 there)
+            fill(node, "v", i, i + 1)
+            node.enable_snapshot("v-pit", f"p{i:02d}")
+    before = _fds()
+    with Node(root) as node:
+        opened = _fds() - before
+        assert opened < 10, f"{opened} descriptors opened for {n} points"
+        stored = [p["stored_blocks"] for p in node.snapshot_info("v-pit")["points"]]
+        assert stored == [1] * (n - 1) + [0]  # each older point keeps the block the next write overwrote
+        assert _fds() - before == opened
+        order = list(range(n))
+        import random
+        random.Random(7).shuffle(order)
+        for i in order:
+            want = b"".join(bytes([b + 1 if b <= i else 0]) * BS for b in range(n + 1))
+            assert node.read_snapshot("v-pit", f"p{i:02d}", 0, (n + 1) * BS) == want, i
+            assert _fds() - before <= opened + 2 * (4 + 1), "more points left open than OPEN_OLDER"
+        node.delete_point("v-pit", "p10")
+        fill(node, "v", 0, 250)
+        node.enable_snapshot("v-pit", "last")
+        assert node.read_snapshot("v-pit", "p09", 0, BS) == bytes([1]) * BS
+        assert node.read_snapshot("v-pit", "p39", 0, BS) == bytes([1]) * BS
+        assert node.read_snapshot("v-pit", "last", 0, BS) == bytes([250]) * BS
