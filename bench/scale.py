@@ -10,8 +10,8 @@ a cost grows with the count (flat per item) or faster (O(n^2)):
 
     python bench/scale.py [--volumes 1000] [--points 50000] [--small 100]
 
-Part 2 (AIM sets by the hundred between two nodes: threads, RSS, marker latency, throughput) is
-the work of the scale issue and lands with the multiplexed AIM port.
+Part 2 (AIM sets by the hundred between two nodes: threads, RSS, marker latency, throughput)
+lands with the AIM port's bounded threads (the scale issue).
 """
 
 import argparse

@@ -61,7 +61,9 @@ def _plan(s: _Semantics, doc: Document, p: tuple, item: dict) -> RecoveryPlan | 
     if not ok:
         return None
     return RecoveryPlan(name, str(node), tuple(members), str(item.get("point", "latest-group-point")),
-                        tuple(tuple(argv) for argv in sequence(item.get("after"))), timeout, doc.lazy_where(p))
+                        # shaped defensively: semantics run on documents the schema refused too
+                        tuple(tuple(map(str, sequence(argv))) for argv in sequence(item.get("after"))), timeout,
+                        doc.lazy_where(p))
 
 
 def _member(s: _Semantics, doc: Document, path: tuple, kind: str, name: object, plan_node: str) -> PlanMember | None:

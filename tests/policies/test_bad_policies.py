@@ -135,6 +135,7 @@ CASES = [
      "is in recovery plan 'site' twice"),
     (BASE + PLAN + "    point: newest\n", 26, 12, "is not one of: latest-group-point, latest-point, live"),
     (BASE + PLAN + "    after: [/bin/start]\n", 26, 13, "expected a list"),
+    (BASE + PLAN + "    after: [1]\n", 26, 13, "expected a list"),  # found by test_generated: was a TypeError
     (BASE + PLAN.replace("{aim_set: db01-aim}", "{aim_set: db01-aim, group: g}"), 25, 15,
      "exactly one of `aim_set: NAME` or `group: NAME`"),
     (BASE + PLAN + PLAN.replace("recovery_plans:\n", ""), 26, 11, "recovery plan 'site' is defined twice"),
