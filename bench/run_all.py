@@ -15,7 +15,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHES = {"increment": ["increment.py"], "nbd": ["nbd.py"], "replication": ["replication.py"], "scheduler": ["scheduler.py"],
-           "policies": ["policies.py"], "recovery": ["recovery.py"]}
+           "policies": ["policies.py"], "recovery": ["recovery.py"], "scale": ["scale.py"]}
 
 
 def main() -> None:
