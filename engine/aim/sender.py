@@ -78,18 +78,20 @@ class Sender:
         failure: BaseException | None = None
         try:
             try:
+                asked = aim.markers.outstanding(aim.name)
                 answer = wire.client_handshake(conn.sock, aim.token, {
                     "op": "stream", "set_id": aim.record.id, "set_name": aim.name,
                     "generation": aim.record.generation, "aim_port": aim.local_port,
                     # markers the destination may have applied while their acknowledgement was lost
-                    "outstanding_markers": aim.markers.outstanding(aim.name)})
+                    "outstanding_markers": asked})
             except wire.Fenced as e:
                 self.fenced(e)
                 return
             for result in answer.get("marker_results", []):
                 aim.markers.result(result["id"], result)
-            aim.markers.settle_lost(aim.lost_markers)
-            aim.lost_markers = []
+            settled = set(asked)  # only those the destination was asked about (at most 1,000 a time)
+            aim.markers.settle_lost([i for i in aim.lost_markers if i in settled])
+            aim.lost_markers = [i for i in aim.lost_markers if i not in settled]
             conn.settimeout(STREAM_TIMEOUT)
             self.session(conn, int(answer.get("applied_seq", 0)), bool(answer.get("resyncing")))
         except BaseException as e:

@@ -100,7 +100,7 @@ class Restore:
             if isinstance(rel, CompleteImage):
                 data = pread_all(rel.image.fd, length, offset)
             else:
-                data = rel.read(rel.find(point), offset, length)  # found: deletes wait for the enable lock
+                data = rel.read(point, offset, length)  # there: deletes wait for the enable lock
             batch.append((offset, data))
             copied, blocks = copied + length, blocks + count
             if blocks >= RUN_BLOCKS:  # one batch of the write path: one fdatasync of the pre-restore point

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .bitmap import BlockBitmap, count_bits, runs
-from ..errors import Conflict
+from ..errors import Conflict, NotFound
 from .fsutil import copy_range
 from .meta import Meta
 from .volume import Volume, WriteIntent, pread_all
@@ -228,13 +228,21 @@ class Differential:
             self._open[point.seq] = point
             self._open.move_to_end(point.seq)
 
-    def trim(self) -> None:
-        """Keep at most :data:`OPEN_OLDER` older points open, closing those opened longest ago.
-        Called where an operation is done with its points (under the source lock), never in the
-        middle of one: a read of an old point needs every newer point's map at once."""
-        while len(self._open) > OPEN_OLDER:
-            _, oldest = self._open.popitem(last=False)
-            oldest.close()
+    def trim(self, keep: Sequence[Point] = ()) -> None:
+        """Keep at most :data:`OPEN_OLDER` older points open besides ``keep`` (what the operation
+        just used: a read of an old point needs every newer point's map, and the next read of it
+        the same ones), closing those used longest ago. Called where an operation is done with
+        its points (under the source lock), never in the middle of one."""
+        kept = {p.seq for p in keep if p.seq in self._open}
+        for seq in kept:
+            self._open.move_to_end(seq)
+        excess = len(self._open) - len(kept) - OPEN_OLDER
+        for seq in list(self._open):
+            if excess <= 0:
+                break
+            if seq not in kept:
+                self._open.pop(seq).close()
+                excess -= 1
 
     def before_write(self, batch: Sequence[WriteIntent]) -> None:
         if self.points:
@@ -268,9 +276,17 @@ class Differential:
                 return i
         return -1
 
-    def read(self, index: int, offset: int, length: int) -> bytes:
+    def read(self, point: str, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of point ``point`` (found under the source lock: a
+        delete moves the indexes and closes the point it removes under that lock)."""
         self.source.check_range(offset, length)
-        newer = self.points[index:]
+        with self.source.lock:
+            index = self.find(point)
+            if index < 0:
+                raise NotFound(f"point in time {self.name}@{point} does not exist")
+            return self._read(self.points[index:], offset, length)
+
+    def _read(self, newer: list[Point], offset: int, length: int) -> bytes:
 
         def holder(b: int) -> Volume | Point:
             for p in newer:
@@ -278,11 +294,10 @@ class Differential:
                     return p
             return self.source
 
-        with self.source.lock:
-            try:
-                return read_pieces(offset, length, self.source.block_size, holder)
-            finally:
-                self.trim()
+        try:
+            return read_pieces(offset, length, self.source.block_size, holder)
+        finally:
+            self.trim(keep=newer)  # the next read of this point needs the same maps: no thrashing
 
     def remove_point(self, index: int) -> Point:
         """Detach a point, first handing the blocks its predecessor still needs to it (caller

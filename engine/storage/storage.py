@@ -382,7 +382,7 @@ class Storage(SnapshotSets, Clones, Restore):
                     raise NotFound(f"point in time {name}@{point} does not exist")
                 removed = rel.remove_point(index)
                 self.meta.execute("DELETE FROM points WHERE snapshot=? AND name=?", name, point)
-            removed.close()
+                removed.close()  # under the source lock, as every open and close of a point
             for path in self.files.point(name, removed.seq):
                 os.unlink(path)
 
@@ -394,7 +394,4 @@ class Storage(SnapshotSets, Clones, Restore):
             return rel.read(offset, length)
         if point is None:
             raise InvalidInput(f"snapshot {name!r} is differential: name a point in time, {name}@POINT")
-        index = rel.find(point)
-        if index < 0:
-            raise NotFound(f"point in time {name}@{point} does not exist")
-        return rel.read(index, offset, length)
+        return rel.read(point, offset, length)
