@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from common import emit, median
+from common import emit, median, timed
 
 from engine import Node
 from engine.serve.metrics import NodeMetrics
@@ -63,12 +63,7 @@ def calls(root: str, repeat: int) -> dict[str, float]:
         out = {}
         for name, fn in (("volume list", node.list_volumes), ("snapshot list", node.list_snapshots),
                          ("/metrics", metrics.render)):
-            times = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            out[name] = median(times)
+            out[name] = median([timed(fn) for _ in range(repeat)])
         return out
     finally:
         node.close()

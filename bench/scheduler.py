@@ -13,7 +13,7 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 
-from common import emit, peak_rss_mib, topology
+from common import emit, peak_rss_mib, timed, topology
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from orchestrator.schedule.service import Orchestrator  # noqa: E402
@@ -73,12 +73,8 @@ def main() -> None:
         w50, w99 = statistics.median(work_late), work_late[int(len(work_late) * 0.99) - 1]
         rss = peak_rss_mib()
         # what `aimsnap status` and the status page read: every policy's row, from this store
-        status_times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            shown = status(orch.store, datetime.now(timezone.utc))
-            status_times.append(time.perf_counter() - t0)
-        assert len(shown["policies"]) == args.policies, len(shown["policies"])
+        status_times = [timed(lambda: status(orch.store, datetime.now(timezone.utc))) for _ in range(3)]
+        assert len(status(orch.store, datetime.now(timezone.utc))["policies"]) == args.policies
         # outcome rows per second, the way runs write them (start + finish)
         store = Store(os.path.join(work, "rows.db"))
         t = datetime.now(timezone.utc)

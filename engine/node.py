@@ -52,6 +52,4 @@ class Node(Storage):
         super().close()
 
     def volume_info(self, name: str) -> dict:
-        # the sets observing it (not a scan of every set: a list of 1,000 volumes stays linear)
-        sets = sorted(o.name for o in self.volume(name).observers if o.kind == "AIM set")
-        return {**super().volume_info(name), "aim_sets": sets}
+        return {**super().volume_info(name), "aim_sets": self.volume(name).observed_by("AIM set")}

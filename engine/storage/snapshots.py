@@ -149,9 +149,8 @@ class Point:
 
     The map and the data file are opened when first needed: a node keeps tens of thousands of
     points and reads few of them, and opening every one at start cost two descriptors and a map
-    read each. Closed again by its relationship (:meth:`Differential.opened`), always under the
-    source volume's lock, as every other use is; an fd or map is never held across an open of
-    another point."""
+    read each. Closed again by its relationship (:meth:`Differential.trim`, when an operation is
+    done with its points), always under the source volume's lock, as every other use is."""
 
     def __init__(self, name: str, seq: int, created_at: str, data_path: str, map_path: str, nblocks: int,
                  present: BlockBitmap | None = None) -> None:
@@ -218,7 +217,7 @@ class Differential:
         self.enable_lock = threading.Lock()
         self.state = "ready" if points else "new"
         self._result: EnableResult | None = None
-        self._open: OrderedDict[int, Point] = OrderedDict()  # older points open now, least recently opened first
+        self._open: OrderedDict[int, Point] = OrderedDict()  # older points open now, least recently used first
         for p in points:
             p.on_open = self.opened
 

@@ -188,8 +188,7 @@ class Storage(SnapshotSets, Clones, Restore):
         return {"name": v.name, "size": v.size, "size_human": format_size(v.size), "block_size": v.block_size,
                 "role": v.role, "allocated": allocated, "created_at": row.get("created_at"),
                 "replica_of": v.replica_of,
-                # its observers, not every relationship of the node: a list of 1,000 volumes stays linear
-                "snapshots": sorted(o.name for o in v.observers if o.kind == "snapshot"),
+                "snapshots": v.observed_by("snapshot"),
                 "io": dict(v.stats.__dict__)}
 
     def delete_volume(self, name: str) -> None:
@@ -198,7 +197,7 @@ class Storage(SnapshotSets, Clones, Restore):
             if v.role != "volume":
                 raise Conflict(f"{name!r} is the volume of complete-image snapshot {name!r}: "
                                f"delete the snapshot instead")
-            users = sorted(s.name for s in self.snapshots.values() if s.source is v)
+            users = v.observed_by("snapshot")
             if users:
                 raise Conflict(f"volume {name!r} is the source of snapshot(s) {', '.join(users)}: delete them first")
             for o in v.observers:  # e.g. an AIM set replicating it
@@ -349,7 +348,7 @@ class Storage(SnapshotSets, Clones, Restore):
                 raise Conflict(f"snapshot {name!r} is a member of snapshot set(s) {', '.join(sets)}: "
                                "delete those first")
             if isinstance(rel, CompleteImage):
-                users = sorted(s.name for s in self.snapshots.values() if s.source is rel.image)
+                users = rel.image.observed_by("snapshot")
                 if users:
                     raise Conflict(f"the volume of snapshot {name!r} is the source of snapshot(s) "
                                    f"{', '.join(users)}: delete them first")
