@@ -16,9 +16,11 @@ Lock order (every path takes them in this order, never the reverse):
    live volume: it copies blocks up as an observer), and before the source volume lock of a point
    it reads its base from (a clone of a point observes nothing, so no path takes them the other way)
 4. leaf locks, held for a few statements and never while taking another: ``Meta``'s connection
-   lock, ``JournalObserver.cond``, ``Markers.waiters`` and its stamp lock, ``GroupBarriers.cond``,
-   the receiver's stream map (``Targets.lock``), the listener's connection set, the tokens' and
-   the audit log's locks (``engine.access``)
+   lock, a reactor task's and a supervisor's lock, ``Markers.waiters`` and its stamp lock,
+   ``GroupBarriers.lock``, the receiver's stream map (``Targets.lock``), the listener's connection
+   set, the tokens' and the audit log's locks (``engine.access``)
+5. the reactor's lock (its parked sockets and timers) and its pools' own: taken under a level-4
+   lock (a supervisor schedules a timer; the write path wakes a sender), never the other way
 """
 
 from collections.abc import Callable
@@ -34,13 +36,13 @@ class Node(Storage):
     """Every volume, snapshot, snapshot set and AIM set under one root."""
 
     def __init__(self, root: str, *, clock: Clock = utcnow, create: bool = True,
-                 connect: wire.Connector = wire.connect, sleep: Callable[[float], None] | None = None) -> None:
-        """``connect`` opens a socket to a destination's AIM port and ``sleep`` waits between a
-        sender's retries: tests pass a ``socketpair`` and a recorder."""
+                 connect: wire.Connector = wire.connect, delay: Callable[[float], float] | None = None) -> None:
+        """``connect`` opens a socket to a destination's AIM port and ``delay`` maps the wait
+        before a sender's retry to the one taken: tests pass a ``socketpair`` and a recorder."""
         super().__init__(root, clock=clock, create=create)
         self.access = Access(self.root, clock)
         try:
-            self.replication = Replication(self, connect=connect, sleep=sleep)  # AIM sets observe their volumes
+            self.replication = Replication(self, connect=connect, delay=delay)  # AIM sets observe their volumes
             self.replication.load()
         except BaseException:
             super().close()

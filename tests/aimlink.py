@@ -3,7 +3,6 @@ end the destination's AIM port handler serves on a thread; and a recorder for a 
 
 import socket
 import threading
-import time
 
 from engine.aim.receiver import Receiver
 
@@ -28,10 +27,12 @@ class Link:
         return near
 
     def _serve(self, far: socket.socket) -> None:
+        kept = False
         try:
-            self.receiver.serve(far, "socketpair")
+            kept = self.receiver.serve(far, "socketpair")
         finally:
-            far.close()
+            if not kept:
+                far.close()
 
     def cut(self) -> None:
         """Every open connection fails, as a broken link would."""
@@ -43,11 +44,11 @@ class Link:
 
 
 class Recorder:
-    """The supervisor's sleep: records each wait and waits only a little."""
+    """The supervisor's delay: records each wait and takes only a millisecond."""
 
     def __init__(self) -> None:
         self.waits: list[float] = []
 
-    def __call__(self, seconds: float) -> None:
+    def __call__(self, seconds: float) -> float:
         self.waits.append(seconds)
-        time.sleep(0.001)
+        return 0.001

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..net import tls as tlsctx
+from ..net.reactor import Reactor
 from ..storage.bitmap import BlockBitmap
 from ..storage.meta import Meta
 from ..storage.volume import Volume
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 
 class AimSet:
     def __init__(self, record: Record, volume: Volume, directory: str, meta: Meta, markers: Markers, *,
-                 connect: wire.Connector = wire.connect, sleep: Callable[[float], None] | None = None) -> None:
+                 reactor: Reactor, connect: wire.Connector = wire.connect,
+                 delay: Callable[[float], float] | None = None) -> None:
         self.connector = connect
         self.record, self.volume, self.dir, self.meta, self.markers = record, volume, directory, meta, markers
         self.name = record.name
@@ -43,8 +45,8 @@ class AimSet:
         self.state = State.FENCED if record.fenced else State.PAUSED if record.paused else State.DISCONNECTED
         self.closing = False
         self.local_port: int | None = None  # this node's AIM port, announced to the destination
-        self.sender = Sender(self, self._connect)
-        self.supervisor = Supervisor(f"aim-send-{self.name}", self.sender.step, sleep=sleep,
+        self.sender = Sender(self, self._connect, reactor)
+        self.supervisor = Supervisor(f"aim-send-{self.name}", self.sender.step, reactor, delay=delay,
                                      expected=(*EXPECTED, wire.WireError, wire.DestinationError))
 
     def _connect(self) -> wire.Connection:
@@ -63,7 +65,6 @@ class AimSet:
     def stop(self) -> None:
         self.closing = True
         self.sender.drop()
-        self.observer_wake()
         self.supervisor.stop()
 
     def set_paused(self, paused: bool) -> None:
@@ -71,12 +72,7 @@ class AimSet:
         self.record.save(self.meta)
         if paused:
             self.sender.drop()
-        self.observer_wake()
-        self.supervisor.waker.wake()
-
-    def observer_wake(self) -> None:
-        with self.observer.cond:
-            self.observer.cond.notify_all()
+        self.supervisor.wake()
 
     def close(self) -> None:
         self.stop()

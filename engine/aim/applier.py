@@ -1,9 +1,8 @@
-"""The destination side of one AIM stream: plain synchronous code over a :class:`~.wire.Connection`.
+"""The destination side of one AIM stream, over a :class:`~.wire.Connection`, in turns on the node's reactor.
 
 Applies entries to the destination volume in sequence order, acknowledges what is durable, and
 turns markers into enabled snapshots (or, for a group, one snapshot set once every member has
-arrived at the :class:`~.barriers.GroupBarriers`). Returns only by an exception: the source
-closed, the link failed, or a frame broke the protocol.
+arrived at the :class:`~.barriers.GroupBarriers`).
 """
 
 import contextlib
@@ -12,11 +11,11 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import AlreadyExists, EngineError
+from ..net.reactor import Reactor, Task
 from ..storage.names import iso, utcnow
 from ..storage.storage import Storage
 from ..storage.volume import Volume
@@ -28,6 +27,9 @@ from .wire import Connection, WireError
 
 log = logging.getLogger("aimsnap.aim.receiver")
 ACK_EVERY_BYTES = 8 << 20
+TURN_SECONDS = 0.05  # a busy stream applies this long, then lets the others' turns run
+STREAM_IDLE = 120.0  # the source sends a heartbeat every few seconds: silence this long is a dead link
+WAITING: dict = {"state": "waiting"}  # a group marker whose members are not all here yet
 ACK_DELAY = 0.01  # seconds of quiet before applied writes are flushed and acknowledged
 SOURCE_TIME_PERSIST_NS = 10 * 10**9  # an idle set's source clock is written down this often
 
@@ -57,42 +59,83 @@ def storage_faults(what: str) -> Iterator[None]:
 
 
 class Applier:
-    def __init__(self, storage: Storage, groups: GroupBarriers, conn: Connection, target: Target) -> None:
+    """One stream's applier, run in turns on the node's :class:`~engine.net.reactor.Reactor`: a
+    turn applies what has arrived (for at most ``TURN_SECONDS``: a busy stream does not hold a
+    worker from the others), then parks the connection until more comes, or is suspended at a
+    group marker until the group completes. ``ended`` is told once, with the exception that
+    ended the stream (the source closed, the link failed, a frame broke the protocol, a storage
+    fault, or nothing from the source within ``STREAM_IDLE``)."""
+
+    def __init__(self, storage: Storage, groups: GroupBarriers, conn: Connection, target: Target,
+                 reactor: Reactor, ended: Callable[[BaseException], None]) -> None:
         self.storage, self.meta, self.groups, self.conn, self.b = storage, storage.meta, groups, conn, target
+        self.reactor, self.ended = reactor, ended
         # how far this stream got: every entry up to ``applied`` is in the volume (flushed up to the
         # target's applied_seq), and the source had written nothing unsent at ``source_ns`` (its
         # clock, from the frames and heartbeats): what a failover reports as the recovery point
         self.applied, self.source_ns = target.applied_seq, target.applied_source_ns
         self._source_ns_saved = target.applied_source_ns
+        self.acked, self.unacked_bytes = target.applied_seq, 0
+        self.vol: Volume | None = None
+        self.held: list[frames.Frame] = []  # the rest of a batch, from a group marker still waiting
+        self.done = False
+        self.task = Task(reactor, self._turn)
+        self._heard = reactor.monotonic()  # when the source last sent something
 
-    def run(self) -> None:
-        """Apply until the stream ends. A storage fault is told to the source (an ERROR frame it
-        shows as ``last_error``) and logged here, then raised to the receiver."""
+    def start(self) -> None:
+        self.task.wake()
+
+    def _turn(self) -> None:
+        if self.done:
+            return
         try:
             self._apply()
-        except StorageFault as e:
-            log.warning("aim %s: cannot apply into %s: %s", self.b.set_name, self.b.volume, e)
-            payload = {"reason": e.reason, "errno": e.errno_name, "volume": self.b.volume, "while": e.what}
-            with contextlib.suppress(OSError):
-                self.conn.send(frames.Frame(frames.ERROR, 0, 0, time.time_ns(), json.dumps(payload).encode()))
-            raise
+        except BaseException as e:  # noqa: BLE001 - every end of the stream is the receiver's to report
+            self.done = True
+            if isinstance(e, StorageFault):
+                self.refuse(e)
+            self.reactor.forget(self.conn.sock)
+            self.ended(e)
+
+    def refuse(self, e: StorageFault) -> None:
+        """A storage fault is told to the source (an ERROR frame it shows as ``last_error``) and logged here."""
+        log.warning("aim %s: cannot apply into %s: %s", self.b.set_name, self.b.volume, e)
+        payload = {"reason": e.reason, "errno": e.errno_name, "volume": self.b.volume, "while": e.what}
+        with contextlib.suppress(OSError):
+            self.conn.send(frames.Frame(frames.ERROR, 0, 0, time.time_ns(), json.dumps(payload).encode()))
 
     def _apply(self) -> None:
-        b, conn = self.b, self.conn
-        with storage_faults("opening the volume"):
-            vol = self.storage.volume(b.volume)
-        applied = acked = b.applied_seq
-        unacked_bytes = 0
+        if self.vol is None:
+            with storage_faults("opening the volume"):
+                self.vol = self.storage.volume(self.b.volume)
+        clock = self.reactor.monotonic
+        until = clock() + TURN_SECONDS
         while True:
-            # a short pause in the stream is not idleness: one fdatasync covers what comes within it
-            batch = conn.batch(wait=ACK_DELAY if applied != acked else None)
+            batch, self.held = (self.held, []) if self.held else (self.conn.batch(wait=0), [])
+            now = clock()
+            if batch:
+                self._heard = now
+            elif self.applied != self.acked and now - self._heard < ACK_DELAY:
+                # a short pause in the stream is not idleness: one fdatasync covers what comes within it
+                self.reactor.park(self.conn.sock, self.task.wake, ACK_DELAY - (now - self._heard))
+                return
             with storage_faults("applying writes"):
-                applied, acked, unacked_bytes = self._batch(vol, batch, applied, acked, unacked_bytes)
-            self.applied = applied
+                self._batch(self.vol, batch)
+            if self.held:
+                return  # suspended at a group marker: resumed by the barrier
+            if not batch:
+                if now - self._heard >= STREAM_IDLE:
+                    raise TimeoutError(f"nothing from the source in {STREAM_IDLE:.0f}s")
+                self.conn.release()  # an idle stream holds no receive buffer
+                self.reactor.park(self.conn.sock, self.task.wake, STREAM_IDLE - (now - self._heard))
+                return
+            if clock() >= until:
+                self.task.wake()  # more may be waiting: after the other streams' turns
+                return
 
-    def _batch(self, vol: Volume, batch: list[frames.Frame], applied: int, acked: int,
-               unacked_bytes: int) -> tuple[int, int, int]:
+    def _batch(self, vol: Volume, batch: list[frames.Frame]) -> None:
         b, meta = self.b, self.meta
+        applied, acked, unacked_bytes = self.applied, self.acked, self.unacked_bytes
         if (not batch or unacked_bytes >= ACK_EVERY_BYTES) and applied != acked:
             vol.flush()  # idle, or enough is unacknowledged: make it durable, then say so
             meta.execute("UPDATE aim_targets SET applied_seq=?, applied_source_ns=? WHERE set_id=?", applied,
@@ -101,7 +144,7 @@ class Applier:
             acked, unacked_bytes = applied, 0
             self.ack(applied, [])
         writes: list[tuple[int, memoryview]] = []  # a run of writes lands as one batch
-        for f in batch:
+        for i, f in enumerate(batch):
             if f.type in (frames.WRITE, frames.ZERO, frames.RESYNC_BLOCK) and f.offset + f.size > vol.size:
                 raise WireError(f"{frames.NAMES[f.type]} frame at {f.offset} beyond the end of {vol.name} "
                                 f"({vol.size} bytes)")
@@ -119,6 +162,9 @@ class Applier:
             elif f.type == frames.MARKER and _in_order(f, applied):
                 self.source_ns = f.time_ns
                 result = self.marker(vol, f)
+                if result is WAITING:
+                    self.held = batch[i:]  # this marker again, once the group is complete
+                    break
                 applied = acked = f.seq
                 unacked_bytes = 0
                 self.ack(applied, [result] if result else [])
@@ -142,7 +188,7 @@ class Applier:
                     self.ack(applied, [])  # tells the source we are alive and where we are
         if writes:
             vol.apply_writes(writes)
-        return applied, acked, unacked_bytes
+        self.applied, self.acked, self.unacked_bytes = applied, acked, unacked_bytes
 
     def _save_source_time(self, applied: int) -> None:
         """An idle set's recovery point moves on with the heartbeats: written down now and then."""
@@ -177,13 +223,11 @@ class Applier:
                 log.warning("aim %s: verify %s: no verify connection within %.0fs: its point is dropped",
                             self.b.set_name, verify_id, CLAIM_TIMEOUT)
                 self.storage.thaw(key)
-        timer = threading.Timer(CLAIM_TIMEOUT, unclaimed)
-        timer.daemon = True
-        timer.start()
+        self.reactor.call_later(CLAIM_TIMEOUT, unclaimed)
         self.meta.execute("UPDATE aim_targets SET applied_seq=? WHERE set_id=?", f.seq, self.b.set_id)
         log.info("aim %s: verify %s: frozen at %d", self.b.set_name, verify_id, f.seq)
 
-    def marker(self, vol: Volume, f: frames.Frame) -> dict | None:
+    def marker(self, vol: Volume, f: frames.Frame) -> dict | None:  # or WAITING
         """Everything before the marker is applied: flush, enable the pre-configured snapshot (or
         the group's snapshot set), and record the result with the new applied position atomically."""
         b = self.b
@@ -208,7 +252,9 @@ class Applier:
         elif m.get("group"):
             g = m["group"]
             result = self.groups.arrive(g["id"], b.set_id, g["members"],
-                                        lambda: self.enable_set(g["snapshot_set"], m))
+                                        lambda: self.enable_set(g["snapshot_set"], m), self.task.wake)
+            if result is None:
+                return WAITING
         else:
             result = self.enable(vol, m)
         group = m.get("group") or {}

@@ -263,6 +263,7 @@ class Cursor:
         self._seg_first: int | None = None
         self._pos = 0
         self._file = None  # the segment being read, kept open between calls
+        self._time: int | None = None  # time_ns of the first entry of the range being read
 
     def close(self) -> None:
         if self._file is not None:
@@ -274,7 +275,8 @@ class Cursor:
         landed: up to ``landed_seq``, and in the tail segment (first sequence ``tail_first``) up to
         ``tail_size`` bytes, published together by the write path. The caller ships ``count`` bytes
         of ``file`` from ``offset`` (``socket.sendfile``: no copy through Python). A long range comes
-        in several pieces; only the last carries its sequence numbers (the others have first = last = 0)."""
+        in several pieces; only the last carries its sequence numbers (the others have first = last = 0).
+        The caller may stop after any piece: the next call goes on from there."""
         for seg in list(self.journal.segments):
             if seg.last < self.seq or seg.first > landed_seq:
                 continue
@@ -282,16 +284,22 @@ class Cursor:
                 self.close()
                 self._file = open(seg.path, "rb")
                 self._seg_first, self._pos = seg.first, self._offset_of(self._file, seg, self.seq)
+                self._time = None
             end, last = (tail_size, landed_seq) if seg.first == tail_first else (seg.size, seg.last)
             if self._pos >= end:
                 continue
             f = self._file
-            first_time = frames.parse_header(os.pread(f.fileno(), frames.HEADER_SIZE, self._pos))[3]
+            if self._time is None:  # at an entry's start (a caller may stop between two pieces)
+                self._time = frames.parse_header(os.pread(f.fileno(), frames.HEADER_SIZE, self._pos))[3]
             while self._pos < end:
                 pos, count = self._pos, min(self.CHUNK, end - self._pos)
                 self._pos += count
-                yield (self.seq, last, first_time, f, pos, count) if self._pos >= end else (0, 0, 0, f, pos, count)
-            self.seq = last + 1
+                if self._pos >= end:
+                    first_seq, first_time = self.seq, self._time
+                    self.seq, self._time = last + 1, None  # before the yield: the caller may stop there
+                    yield first_seq, last, first_time, f, pos, count
+                else:
+                    yield 0, 0, 0, f, pos, count
 
     @staticmethod
     def _offset_of(f, seg: Segment, seq: int) -> int:

@@ -8,7 +8,6 @@ under the source volume's lock (the write path holds it); never does network IO.
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -36,8 +35,7 @@ class JournalObserver:
         self.replaying = False
         self._pending: tuple[int, int, int] | None = None  # (first seq, entries, bytes) of the batch landing
         self.epoch = 0  # bumped by an overflow: the sender drops what it is doing
-        self.cond = threading.Condition()  # the sender sleeps on it when it has shipped everything
-        self.sender_idle = False
+        self.waiter: Callable[[], None] | None = None  # the sender, when it has shipped everything
         self.publish()
 
     # -- the write path ------------------------------------------------------------------------------
@@ -98,9 +96,10 @@ class JournalObserver:
         without the volume lock, which the write path holds."""
         tail = self.journal.segments[-1] if self.journal.segments else None
         self.landed = (self.journal.next_seq - 1, tail.first if tail else 0, tail.size if tail else 0)
-        if self.sender_idle:  # wake the sender only when it sleeps: a condition per write costs IOPS
-            with self.cond:
-                self.cond.notify_all()
+        waiter = self.waiter  # only a sender that waits is woken: a wake per write costs IOPS
+        if waiter is not None:
+            self.waiter = None
+            waiter()
 
     def flush(self) -> None:
         self.journal.sync()

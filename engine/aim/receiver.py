@@ -1,7 +1,11 @@
 """The destination side of AIM: the AIM port. Authenticates each connection, answers claims,
 probes and releases of destination volumes, refuses fenced sources, hands each stream to an
-:class:`~.applier.Applier` on the connection's own thread (one stream per set: a reconnect
-replaces a half-dead one), and serves the peer's half of verifies and role changes."""
+:class:`~.applier.Applier` that runs in turns on the node's reactor (one stream per set: a
+reconnect replaces a half-dead one), and serves the peer's half of verifies and role changes.
+
+The listener's thread for a connection does the handshake only: once streaming, a connection
+holds no thread, so the number of sets a node receives is not bounded by threads (nor by the
+listener's limit, which counts handshakes in progress)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from ..net.listener import ThreadedListener
 from . import verify, wire
 from .applier import Applier, StorageFault
 from .supervisor import describe
+from .targets import Stream
 from .wire import Connection, WireError
 
 if TYPE_CHECKING:
@@ -29,7 +34,7 @@ class Receiver:
         destinations (what a reverse set pins)."""
         self.node, self.storage, self.token, self.tls, self.cert_pem = node, node, token, tls, cert_pem
         self.targets = node.replication.targets
-        self.listener = ThreadedListener("aim", self.serve)
+        self.listener = ThreadedListener("aim", self.serve, refuses=False)
         self.rejected = 0  # connections refused: authentication, protocol, checksum
         self.errors = 0  # streams that failed here for any other reason (logged with it)
 
@@ -48,11 +53,12 @@ class Receiver:
         set_id = str(hello.get("set_id", ""))
         return self.targets.secret(set_id) or self.node.replication.secret_of(set_id) or self.token
 
-    def serve(self, raw: socket.socket, peer: object) -> None:
-        """One connection, on its own thread (the listener's), until it ends."""
+    def serve(self, raw: socket.socket, peer: object) -> bool:
+        """One connection, on the listener's thread, until its handshake is done: True if a
+        stream's applier keeps the connection (and closes it when it ends)."""
         conn = raw
         conn.settimeout(30)
-        set_id, stream = None, None
+        set_id, stream = "", None
         try:
             if self.tls is not None:
                 try:
@@ -67,55 +73,67 @@ class Receiver:
                     wire.send_message(conn, {"ok": False, "error": answer["error"]})
                 else:
                     hs.accept(**answer)
-                return
-            if op == "release":
+            elif op == "release":
                 self.targets.release(set_id, _generation(hello))
                 hs.accept()
-                return
-            if op == "verify":
+            elif op == "verify":
                 self._verify(conn, hello, hs)
-                return
-            if op in ("promote", "failback"):
+            elif op in ("promote", "failback"):
                 self.node.replication.roles.serve(op, Connection(conn), hello, hs, _host(peer))
-                return
-            if op != "stream":
+            elif op != "stream":
                 wire.send_message(conn, {"ok": False, "error": f"unknown operation {op!r}"})
-                return
-            if self._fenced(hs, hello, peer):  # before taking the set's stream from anyone
-                return
-            stream = self.targets.attach(set_id, conn)
-            # again, now that no other connection streams the set: a promotion that committed
-            # meanwhile stopped the streams it found, and this one is seen here
-            if self._fenced(hs, hello, peer):
-                return
-            target = self.targets.get(set_id)
-            if target is None:
-                here = self.node.replication.by_id(set_id)
-                wire.send_message(conn, {"ok": False, "error": "this node is still the AIM set's source (a role change "
-                                         "is completing here): retry" if here else "this AIM set has no destination "
-                                         "volume here (create the AIM set again)"})
-                return
-            self.targets.announced(target, _host(peer), hello.get("aim_port"))
-            hs.accept(applied_seq=target.applied_seq, resyncing=target.resyncing,
-                      marker_results=self._results(set_id, hello.get("outstanding_markers")))
-            conn.settimeout(120)  # the source sends a heartbeat every few seconds
-            stream.applier = Applier(self.storage, self.targets.groups, Connection(conn), target)
-            stream.applier.run()
-        except WireError as e:
+            elif not self._fenced(hs, hello, peer):  # before taking the set's stream from anyone
+                stream = self.targets.attach(set_id, conn)
+                if self._stream(conn, hello, hs, peer, stream):
+                    return True
+        except BaseException as e:  # noqa: BLE001 - said and counted, like a stream's end
+            self._ended(e, peer, set_id)
+        if stream is not None:
+            self.targets.detach(set_id, stream)
+        if conn is not raw:
+            conn.close()
+        return False
+
+    def _stream(self, conn: socket.socket, hello: dict, hs: wire.Handshake, peer: object, stream: Stream) -> bool:
+        """Accept a stream and start its applier; False if refused."""
+        set_id = str(hello.get("set_id", ""))
+        # again, now that no other connection streams the set: a promotion that committed
+        # meanwhile stopped the streams it found, and this one is seen here
+        if self._fenced(hs, hello, peer):
+            return False
+        target = self.targets.get(set_id)
+        if target is None:
+            here = self.node.replication.by_id(set_id)
+            wire.send_message(conn, {"ok": False, "error": "this node is still the AIM set's source (a role change "
+                                     "is completing here): retry" if here else "this AIM set has no destination "
+                                     "volume here (create the AIM set again)"})
+            return False
+        self.targets.announced(target, _host(peer), hello.get("aim_port"))
+        hs.accept(applied_seq=target.applied_seq, resyncing=target.resyncing,
+                  marker_results=self._results(set_id, hello.get("outstanding_markers")))
+        conn.settimeout(120)  # a blocking send (an acknowledgement) to a source that stopped reading
+
+        def ended(e: BaseException) -> None:
+            self._ended(e, peer, set_id)
+            self.targets.detach(set_id, stream)
+            conn.close()
+        stream.applier = Applier(self.storage, self.targets.groups, Connection(conn), target,
+                                 self.targets.reactor, ended)
+        stream.applier.start()
+        return True
+
+    def _ended(self, e: BaseException, peer: object, set_id: str) -> None:
+        """Why a connection ended, said and counted."""
+        if isinstance(e, WireError):
             self.rejected += 1
             log.warning("aim %s: closing connection: %s", peer, e)
-        except (ConnectionError, OSError, TimeoutError):
+        elif isinstance(e, (ConnectionError, OSError, TimeoutError)):
             pass  # the source went away or the link failed: it reconnects (and says so)
-        except StorageFault:
+        elif isinstance(e, StorageFault):
             self.errors += 1  # logged by the applier and told to the source, which retries with backoff
-        except Exception as e:  # noqa: BLE001 - a fault applying the stream: said, counted, the source retries
+        else:  # a fault applying the stream: said, counted, the source retries
             self.errors += 1
             log.error("aim %s: stream of set %s failed: %s", peer, set_id, describe(e), exc_info=e)
-        finally:
-            if stream is not None:
-                self.targets.detach(set_id, stream)
-            if conn is not raw:
-                conn.close()
 
     def _fenced(self, hs: wire.Handshake, hello: dict, peer: object) -> bool:
         """Refuse (with the proof of the secret, so the source trusts it and stops) a stream of a

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable
 
 from ..errors import AlreadyExists, Conflict, EngineError, InvalidInput, NotFound
 from ..net import tls as tlsctx
+from ..net.reactor import Reactor
 from ..storage.bitmap import BlockBitmap
 from ..storage.fsutil import data_extents, make_dir, write_new
 from ..storage.names import check_name, iso
@@ -34,29 +34,20 @@ from .verify import Verification
 from .wire import WireError
 
 log = logging.getLogger("aimsnap.aim")
-TO_RE = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})/(?P<volume>[^/\s]+)$")
-
-
-def parse_to(text: str) -> tuple[str, int, str]:
-    m = TO_RE.match(text or "")
-    if not m or int(m["port"]) > 65535:
-        raise InvalidInput(f"invalid --to {text!r}: write HOST:AIMPORT/DESTVOLUME, e.g. 10.0.0.2:7411/db01-dr")
-    return m["host"].strip("[]"), int(m["port"]), m["volume"]
-
-
 class Replication:
     """Every AIM set, group and marker of a node (source side)."""
 
     def __init__(self, storage: Storage, *, connect: wire.Connector = wire.connect,
-                 sleep: Callable[[float], None] | None = None) -> None:
+                 delay: Callable[[float], float] | None = None) -> None:
         self.storage, self.meta = storage, storage.meta
-        self.connect, self.sleep = connect, sleep
+        self.connect, self.delay = connect, delay
+        self.reactor = Reactor("aim")  # every set's stream, sent or received, runs in turns on it
         self.sets: dict[str, AimSet] = {}  # guarded by the storage lock, like _creating
         self._creating: dict[str, str] = {}  # AIM sets being created (their claim in flight): name -> volume
         self.ledger = Markers(storage.meta, storage.clock)
         self.verifications: dict[str, Verification] = {}  # the running or last verify of each set
         self.serving = False
-        self.targets = Targets(storage)  # the AIM sets this node receives (destination side)
+        self.targets = Targets(storage, self.reactor)  # the AIM sets this node receives (destination side)
         self.roles = Roles(self)  # failover, switchover, failback
         self.local: tuple[int, str] | None = None  # this node's AIM port and token, once it serves one
         self.local_cert: str | None = None  # the PEM certificate of that port, when it serves TLS
@@ -87,7 +78,7 @@ class Replication:
 
     def _open(self, record: Record) -> AimSet:
         aim = AimSet(record, self.storage.volumes[record.source], self.storage.files.aim_set(record.name),
-                     self.meta, self.ledger, connect=self.connect, sleep=self.sleep)
+                     self.meta, self.ledger, connect=self.connect, reactor=self.reactor, delay=self.delay)
         aim.local_port = self.local[0] if self.local else None
         self.sets[record.name] = aim
         return aim
@@ -124,17 +115,21 @@ class Replication:
                 "reason": "this node is the AIM set's source now"}
 
     def close(self) -> None:
+        self.targets.stop_all()  # the streams received end (their appliers run on the reactor)
         self.targets.close()
         for v in list(self.verifications.values()):
             v.cancel()
+        for aim in self.sets.values():  # every session ends at once, then each is waited for
+            aim.closing = True
+            aim.sender.drop()
         for aim in self.sets.values():
             aim.stop()
-        for aim in self.sets.values():
             aim.volume.flush()
             aim.observer.checkpoint()
             with aim.volume.lock:
                 aim.volume.observers.remove(aim.observer)
             aim.close()
+        self.reactor.stop()
 
     def aim_set(self, name: str) -> AimSet:
         try:
@@ -147,7 +142,7 @@ class Replication:
                tls_ca: str | None = None) -> dict:
         """``tls_ca``: the PEM text of the certificate (or CA) the destination's AIM port must present."""
         check_name("AIM set", name)
-        host, port, dest_volume = parse_to(to)
+        host, port, dest_volume = wire.parse_to(to)
         limit = parse_size(journal_limit if journal_limit is not None else DEFAULT_JOURNAL_LIMIT)
         if limit < 1 << 20:
             raise InvalidInput(f"invalid journal limit {journal_limit!r}: at least 1MiB")

@@ -1,9 +1,11 @@
-"""The source side of one AIM connection: plain synchronous code over a :class:`~.wire.Connection`.
+"""The source side of one AIM connection, over a :class:`~.wire.Connection`.
 
-:meth:`Sender.step` is one connection's life: connect and authenticate, take the results of
-markers whose acknowledgement was lost, resynchronise if needed (copying only dirty blocks), then
-stream the journal from the destination's durable position while a second thread reads its
-acknowledgements. It returns when the set is paused or closing and raises on any fault; the
+:meth:`Sender.step`, a blocking job, begins one connection's life: connect and authenticate,
+take the results of markers whose acknowledgement was lost, resynchronise if needed (copying
+only dirty blocks). Then the set streams the journal from the destination's durable position in
+*turns* on the node's reactor: each reads the acknowledgements that came and ships at most
+``TURN_BYTES``, and a set with nothing to ship holds no thread (its connection is parked until an
+acknowledgement, a write or the heartbeat's time wakes it). A fault ends the session and the
 :class:`~.supervisor.Supervisor` around it reports the fault and retries with backoff.
 """
 
@@ -11,11 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..net.reactor import Reactor, Task
 from ..storage.bitmap import runs
 from ..storage.fsutil import data_extents
 from ..storage.volume import pread_all
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("aimsnap.aim")
 HEARTBEAT_SECONDS = 2.0
 RESYNC_RUN_BLOCKS = 64
+TURN_BYTES = 4 << 20  # one turn ships at most this (one journal chunk), then the other sets' turns run
 SMALL_BATCH = 1 << 20
 BATCH_DELAY = 0.002
 STREAM_TIMEOUT = 120.0  # the destination acknowledges or answers a heartbeat well within this
@@ -42,13 +46,26 @@ STEADY_SECONDS = 10.0
 Connect = Callable[[], Connection]
 
 
+@dataclass
+class Session:
+    """One connection's streaming phase: where the journal is read from, and its clocks."""
+
+    conn: Connection
+    cursor: Cursor
+    epoch: int
+    steady_at: float | None  # when an unbroken stream counts as healthy (then None)
+    sent_at: float  # the last frame sent (a heartbeat follows a quiet HEARTBEAT_SECONDS)
+    range_bytes: int = 0  # bytes of the journal range being shipped, across turns
+
+
 class Sender:
-    def __init__(self, aim: AimSet, connect: Connect, *, heartbeat: float = HEARTBEAT_SECONDS,
+    def __init__(self, aim: AimSet, connect: Connect, reactor: Reactor, *, heartbeat: float = HEARTBEAT_SECONDS,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.aim, self.connect, self.heartbeat, self.monotonic = aim, connect, heartbeat, monotonic
+        self.aim, self.connect, self.reactor, self.heartbeat, self.monotonic = aim, connect, reactor, heartbeat, monotonic
         self.obs = aim.observer
         self.conn: Connection | None = None
-        self.ack_error: Exception | None = None  # why the ack reader stopped
+        self.session: Session | None = None
+        self.task = Task(reactor, self._turn)
         self._progress_from: int | None = None  # acked at the session's start: an ack beyond it is progress
         self._refused = False  # the last attempt ended in the destination's refusal (DestinationError)
         self._persisted_at = 0.0
@@ -62,20 +79,22 @@ class Sender:
         if self.conn is not None:
             self.conn.shutdown()
 
-    # -- one connection ------------------------------------------------------------------------------
-    def step(self) -> None:
+    # -- one connection: the handshake and the resync, a blocking job ------------------------------------
+    def step(self) -> float | None:
+        """Connect, authenticate, take the results of markers whose acknowledgement was lost,
+        resynchronise if needed; then stream, in turns (None: the session tells the supervisor
+        when it ends). Else the seconds until the next attempt."""
         aim = self.aim
         if aim.record.fenced:  # never again: an operator's role change (failback) or delete ends it
             aim.state = State.FENCED
-            aim.supervisor.sleep(60.0)
-            return
+            return 60.0
         if aim.record.paused:
             aim.state = State.PAUSED
-            aim.supervisor.sleep(1.0)
-            return
+            return 60.0  # set_paused wakes the supervisor
+        if aim.closing:
+            return 60.0
         conn = self.connect()
         self.conn = conn
-        failure: BaseException | None = None
         try:
             try:
                 asked = aim.markers.outstanding(aim.name)
@@ -86,27 +105,33 @@ class Sender:
                     "outstanding_markers": asked})
             except wire.Fenced as e:
                 self.fenced(e)
-                return
+                self._closed(conn, None)
+                return 0.0
             for result in answer.get("marker_results", []):
                 aim.markers.result(result["id"], result)
             settled = set(asked)  # only those the destination was asked about (at most 1,000 a time)
             aim.markers.settle_lost([i for i in aim.lost_markers if i in settled])
             aim.lost_markers = [i for i in aim.lost_markers if i not in settled]
             conn.settimeout(STREAM_TIMEOUT)
-            self.session(conn, int(answer.get("applied_seq", 0)), bool(answer.get("resyncing")))
+            self.begin(conn, int(answer.get("applied_seq", 0)), bool(answer.get("resyncing")))
         except BaseException as e:
+            self._closed(conn, e if self.active else None)
             if not self.active:
-                return  # paused or closing cut the connection: not a fault
-            failure = e
+                return 0.0  # paused or closing cut the connection: not a fault
             raise
-        finally:
-            self.conn = None
-            conn.close()
-            self._refused = isinstance(failure, DestinationError)
-            if aim.record.fenced:
-                aim.state = State.FENCED
-            elif not aim.record.paused:
-                aim.state = State.ERROR if self._refused else State.DISCONNECTED
+        return None
+
+    def _closed(self, conn: Connection, failure: BaseException | None) -> None:
+        """The connection is done with: close it and say what the set is now."""
+        aim = self.aim
+        self.conn = None
+        self.reactor.forget(conn.sock)
+        conn.close()
+        self._refused = isinstance(failure, DestinationError)
+        if aim.record.fenced:
+            aim.state = State.FENCED
+        elif not aim.record.paused:
+            aim.state = State.ERROR if self._refused else State.DISCONNECTED
 
     def fenced(self, e: wire.Fenced) -> None:
         """The destination was promoted: this source is never applied again, and says so. Its
@@ -118,7 +143,7 @@ class Sender:
         log.error("aim %s: %s; this source is not applied any more (writes here are kept for a failback)",
                   aim.name, e)
 
-    def session(self, conn: Connection, dest_applied: int, dest_resyncing: bool) -> None:
+    def begin(self, conn: Connection, dest_applied: int, dest_resyncing: bool) -> None:
         aim, rec, obs = self.aim, self.aim.record, self.obs
         epoch = obs.epoch
         lost = dest_applied < rec.acked_seq  # the destination lost acknowledged data: start over
@@ -138,75 +163,92 @@ class Sender:
             rec.save(aim.meta)
         aim.state = State.REPLICATING
         self._progress_from = rec.acked_seq
-        reader = threading.Thread(target=self.read_acks, args=(conn,), name=f"aim-acks-{aim.name}", daemon=True)
-        reader.start()
-        cursor = Cursor(obs.journal, start)
-        try:
-            self.stream(conn, cursor, reader, epoch)
-        except OSError:
-            reader.join(2)  # a destination that stopped applying said why before it closed
-            if isinstance(self.ack_error, DestinationError):
-                raise self.ack_error from None
-            raise
-        finally:
-            cursor.close()
-            conn.shutdown()
-            reader.join(10)
+        now = self.monotonic()
+        self.session = Session(conn, Cursor(obs.journal, start), epoch, now + STEADY_SECONDS, now)
+        self.task.wake()
 
-    def stream(self, conn: Connection, cursor: Cursor, reader: threading.Thread, epoch: int) -> None:
-        rec, obs = self.aim.record, self.obs
-        steady_at: float | None = self.monotonic() + STEADY_SECONDS
-        while self.active and epoch == obs.epoch and reader.is_alive():
-            if steady_at is not None and self.monotonic() >= steady_at:
-                steady_at = None  # up this long without a fault (an idle set acknowledges nothing)
-                self.aim.supervisor.healthy()
-            sent, range_bytes, iteration_bytes = False, 0, 0
-            landed, tail_first, tail_size = obs.landed
-            for first, last, time_ns, f, pos, count in cursor.ranges(landed, tail_first, tail_size):
-                conn.ship(f, pos, count)
-                rec.bytes_sent += count
-                range_bytes += count
-                iteration_bytes += count
-                sent = True
-                if last:
-                    obs.backlog.sent(last, last - first + 1, range_bytes, time_ns)
-                    range_bytes = 0
-                if epoch != obs.epoch:
-                    break
-            if sent and iteration_bytes < SMALL_BATCH:
+    # -- streaming, in turns on the reactor ---------------------------------------------------------------
+    def _turn(self) -> None:
+        s = self.session
+        if s is None:
+            return
+        try:
+            self._pump(s)
+        except BaseException as e:  # noqa: BLE001 - every end of a session goes to the supervisor
+            self._end(s, e)
+
+    def _pump(self, s: Session) -> None:
+        """Read the acknowledgements that came, then ship up to one chunk of the journal; park
+        the connection when everything is shipped (a write, an acknowledgement or the heartbeat's
+        time wakes it)."""
+        obs, rec = self.obs, self.aim.record
+        self._read_acks(s.conn)
+        if not self.active or s.epoch != obs.epoch:
+            raise _Over()  # paused, closing, or overflowed (the next session resynchronises)
+        now = self.monotonic()
+        if s.steady_at is not None and now >= s.steady_at:
+            s.steady_at = None  # up this long without a fault (an idle set acknowledges nothing)
+            self.aim.supervisor.healthy()
+        shipped = 0
+        landed, tail_first, tail_size = obs.landed
+        for first, last, time_ns, f, pos, count in s.cursor.ranges(landed, tail_first, tail_size):
+            s.conn.ship(f, pos, count)
+            rec.bytes_sent += count
+            s.range_bytes += count
+            shipped += count
+            if last:
+                obs.backlog.sent(last, last - first + 1, s.range_bytes, time_ns)
+                s.range_bytes = 0
+            if shipped >= TURN_BYTES or s.epoch != obs.epoch:
+                break  # the other sets' turns, then this one again
+        if shipped:
+            s.sent_at = self.monotonic()
+            if shipped >= SMALL_BATCH:
+                self.task.wake()
+            else:
                 # a trickle (small random writes, however many are in flight): let it gather into
                 # one send; a sender looping on a few entries at a time takes the interpreter from
                 # the write path (measured: a third of a core, and 4x fewer IOPS)
-                time.sleep(BATCH_DELAY)
-            if not sent:
-                with obs.cond:
-                    obs.sender_idle = True
-                    if cursor.seq > obs.landed[0]:  # re-read after saying so: publish() sees one or the other
-                        obs.cond.wait(self.heartbeat)
-                    obs.sender_idle = False
-                if cursor.seq > obs.landed[0]:
-                    rec.bytes_sent += conn.send(frames.Frame(frames.HEARTBEAT, time_ns=time.time_ns()))
-        if not reader.is_alive() and self.active:
-            if isinstance(self.ack_error, DestinationError):
-                raise self.ack_error
-            raise ConnectionError(str(self.ack_error or "the destination closed the stream"))
-        if self.active and epoch == obs.epoch:
-            raise ConnectionError("stream ended")
+                self.reactor.call_later(BATCH_DELAY, self.task.wake)
+            return
+        obs.waiter = self.task.wake  # then look again: publish() sees one or the other
+        if s.cursor.seq <= obs.landed[0]:
+            obs.waiter = None
+            self.task.wake()
+            return
+        quiet = now - s.sent_at
+        if quiet >= self.heartbeat:
+            rec.bytes_sent += s.conn.send(frames.Frame(frames.HEARTBEAT, time_ns=time.time_ns()))
+            s.sent_at, quiet = now, 0.0
+        s.conn.release()
+        self.reactor.park(s.conn.sock, self.task.wake, self.heartbeat - quiet)
+
+    def _end(self, s: Session, e: BaseException) -> None:
+        self.session = None
+        self.obs.waiter = None
+        s.cursor.close()
+        failure: BaseException | None = e
+        if isinstance(e, _Over) or not self.active:
+            failure = None
+        elif isinstance(e, OSError):
+            try:
+                _raise_reason(s.conn)  # a destination that stopped applying said why before it closed
+            except DestinationError as reason:
+                failure = reason
+        s.conn.shutdown()
+        self._closed(s.conn, failure)
+        self.aim.supervisor.ended(failure)
 
     # -- acknowledgements ------------------------------------------------------------------------------
-    def read_acks(self, conn: Connection) -> None:
-        self.ack_error = None
-        try:
-            while True:
-                f = _ack(conn.recv())
+    def _read_acks(self, conn: Connection) -> None:
+        """Every acknowledgement that has arrived (none waited for)."""
+        while batch := conn.batch(wait=0):
+            for f in batch:
+                f = _ack(f)
                 self.acknowledged(f.seq)
                 if f.payload:
                     for result in json.loads(f.payload).get("markers", []):
                         self.aim.markers.result(result["id"], result)
-        except (OSError, WireError, ValueError, DestinationError) as e:
-            self.ack_error = e
-        finally:
-            conn.shutdown()  # the stream stops too
 
     def acknowledged(self, seq: int) -> None:
         rec, obs = self.aim.record, self.obs
@@ -300,9 +342,14 @@ def _raise_reason(conn: Connection) -> None:
     is waiting in the stream; return if there is none."""
     try:
         conn.settimeout(2)
-        while True:
-            _ack(conn.recv())
+        while batch := conn.batch():
+            for f in batch:
+                _ack(f)
     except DestinationError:
         raise
     except (OSError, WireError, ValueError):
         return
+
+
+class _Over(Exception):
+    """The session ends, and not by a fault: paused, closing, or the journal overflowed."""

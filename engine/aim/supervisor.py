@@ -1,10 +1,10 @@
-"""A supervised loop: runs one step of work again and again on a thread of its own and never dies.
+"""A supervised loop: runs one step of work again and again, on a node's reactor, and never dies.
 
 A step that returns ran well. A step that raises, whatever the exception, is logged with its
 reason, counted, kept as ``last_error`` (what ``aim status`` and ``/metrics`` show) and run again
 after an exponential backoff with jitter, from 100 ms up to 30 s. A step that reaches a healthy
 point (the sender: progress, see ``sender.STEADY_SECONDS``) calls :meth:`Supervisor.healthy`, and
-the backoff starts over. Time is passed in: tests give a ``sleep`` that records instead of waiting.
+the backoff starts over. Time is passed in: tests give a ``delay`` that records instead of waiting.
 """
 
 import logging
@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ..net.reactor import Reactor, Timer
 
 log = logging.getLogger("aimsnap.aim")
 
@@ -38,64 +40,93 @@ class Backoff:
         self.failures = 0
 
 
-class Waker:
-    """A sleep that can be cut short (stop, pause, resume); ``sleep`` is replaceable in tests."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self._woken = False
-
-    def sleep(self, seconds: float) -> None:
-        with self.cond:
-            if not self._woken:
-                self.cond.wait(seconds)
-            self._woken = False
-
-    def wake(self) -> None:
-        with self.cond:
-            self._woken = True
-            self.cond.notify_all()
-
-
 class Supervisor:
-    def __init__(self, name: str, step: Callable[[], None], *, backoff: Backoff | None = None,
-                 sleep: Callable[[float], None] | None = None, wall: Callable[[], float] = time.time,
-                 expected: tuple[type[BaseException], ...] = EXPECTED) -> None:
-        self.name, self.step, self.expected = name, step, expected
+    """Runs ``step`` on the reactor's pool for blocking jobs, again and again. ``step`` returns the
+    seconds until the next attempt, or None when its work goes on elsewhere (a stream, in turns on
+    the reactor) and will call :meth:`ended` when that ends. No thread of its own: a thousand
+    supervised sets cost a timer each."""
+
+    def __init__(self, name: str, step: Callable[[], float | None], reactor: Reactor, *,
+                 backoff: Backoff | None = None, delay: Callable[[float], float] | None = None,
+                 wall: Callable[[], float] = time.time, expected: tuple[type[BaseException], ...] = EXPECTED) -> None:
+        """``delay`` maps a wait to the one taken (tests record the waits and take none)."""
+        self.name, self.step, self.reactor, self.expected = name, step, reactor, expected
         self.backoff = backoff or Backoff()
-        self.waker = Waker()
-        self.sleep = sleep or self.waker.sleep
+        self.delay = delay or (lambda seconds: seconds)
         self.wall = wall
         self.stopping = False
         self.errors = 0  # every failed step since start (a counter in /metrics)
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.retry_at: float | None = None
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # a leaf lock
+        self._timer: Timer | None = None
+        self._running = False  # a step or its work is in progress
+        self._quiet = threading.Event()
+        self._quiet.set()
 
     # -- the loop --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
-        self._thread.start()
+        self.stopping = False
+        self._schedule(0.0)
 
     def stop(self, timeout: float = 10.0) -> None:
-        self.stopping = True
-        self.waker.wake()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        """No more attempts; wait for the one in progress (its owner cut its connection first)."""
+        with self._lock:
+            self.stopping = True
+            if self._timer is not None:
+                self._timer.cancel()
+        self._quiet.wait(timeout)
 
-    def run(self) -> None:
-        while not self.stopping:
-            try:
-                self.step()
-            except Exception as e:  # noqa: BLE001 - the point of a supervisor: nothing kills the loop
-                if self.stopping:
-                    break
-                self.failed(e)
-                delay = self.backoff.next()
-                self.retry_at = self.wall() + delay
-                self.sleep(delay)
-                self.retry_at = None
+    def wake(self) -> None:
+        """Try again now (a pause or resume), unless a step is in progress."""
+        with self._lock:
+            running = self._running
+        if not running:
+            self.retry_at = None
+            self._schedule(0.0)
+
+    def ended(self, error: BaseException | None = None) -> None:
+        """The step's work that went on elsewhere has ended, well (None) or not."""
+        self._done(error, 0.0)
+
+    def _schedule(self, seconds: float) -> None:
+        with self._lock:
+            if self.stopping:
+                return
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.reactor.call_later(self.delay(seconds) if seconds else 0.0, self._fire)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self.stopping or self._running:
+                return
+            self._running, self._timer, self.retry_at = True, None, None
+            self._quiet.clear()
+        if self.reactor.run_blocking(self._attempt) is None:  # the reactor is shut down
+            self._done(None, None)
+
+    def _attempt(self) -> None:
+        try:
+            after = self.step()
+        except Exception as e:  # noqa: BLE001 - the point of a supervisor: nothing ends the loop
+            self._done(e, 0.0)
+            return
+        if after is not None:
+            self._done(None, after)
+
+    def _done(self, error: BaseException | None, after: float | None) -> None:
+        with self._lock:
+            self._running = False
+            self._quiet.set()
+        if self.stopping or after is None:
+            return
+        if error is not None:
+            self.failed(error)
+            after = self.backoff.next()
+            self.retry_at = self.wall() + after
+        self._schedule(after)
 
     def healthy(self) -> None:
         """The step reached a good point: the next failure waits the shortest time again."""

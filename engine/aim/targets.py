@@ -16,12 +16,13 @@ import re
 import shutil
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from ..errors import Conflict, NotFound
 from ..net.listener import shut
+from ..net.reactor import Reactor
 from ..net.tls import leaf_certificate
 from ..storage.bitmap import BlockBitmap, ChangeMap
 from ..storage.fsutil import atomic_write, make_dir, write_new
@@ -67,20 +68,20 @@ class Target:
 
 @dataclass
 class Stream:
-    """The connection applying a target now, and the thread that serves it."""
+    """The connection applying a target now; ``ended`` is set once nothing serves it any more."""
 
     conn: socket.socket
-    thread: threading.Thread
     applier: object | None = None  # the Applier, once the handshake is done: where it has got to
+    ended: threading.Event = field(default_factory=threading.Event)
 
 
 class Targets:
-    def __init__(self, storage: Storage) -> None:
-        self.storage, self.meta = storage, storage.meta
+    def __init__(self, storage: Storage, reactor: Reactor) -> None:
+        self.storage, self.meta, self.reactor = storage, storage.meta, reactor
         self.lock = threading.Lock()  # a leaf lock: the stream map
         self.streams: dict[str, Stream] = {}
         self.changes: dict[str, ChangeMap] = {}  # set id -> its promoted volume's change map
-        self.groups = GroupBarriers(storage.meta)  # where members' streams wait at a group marker
+        self.groups = GroupBarriers(storage.meta, reactor.call_later)  # where members' streams wait at a group marker
 
     # -- records -----------------------------------------------------------------------------------------
     def get(self, set_id: str) -> Target | None:
@@ -199,44 +200,45 @@ class Targets:
     # -- streams -------------------------------------------------------------------------------------------
     def attach(self, set_id: str, conn: socket.socket) -> Stream:
         """This connection streams the set now: a reconnect replaces a half-dead connection, and
-        the old one's thread is waited for, so that two appliers never write one volume."""
+        the old one's end is waited for, so that two appliers never write one volume."""
         with self.lock:
             old = self.streams.get(set_id)
-            stream = self.streams[set_id] = Stream(conn, threading.current_thread())
+            stream = self.streams[set_id] = Stream(conn)
         if old is not None:
             shut(old.conn)
-            if old.thread is not threading.current_thread():
-                old.thread.join(30)
+            old.ended.wait(30)
         return stream
 
     def detach(self, set_id: str, stream: Stream) -> None:
         with self.lock:
             if self.streams.get(set_id) is stream:
                 del self.streams[set_id]
+        stream.ended.set()
 
     def stop_stream(self, set_id: str, timeout: float = 30.0) -> object | None:
         """Cut the set's stream and wait until its applier has stopped (one waiting at a group
         barrier is released: the group point cannot be made without this member now); the
-        applier, if there was one. The stream stays known until its thread has ended, so that a
-        second call waits for the same thread."""
+        applier, if there was one. The stream stays known until it has ended, so that a second
+        call waits for the same end."""
         with self.lock:
             stream = self.streams.get(set_id)
         if stream is None:
             return None
         shut(stream.conn)
         self.groups.cancel(set_id, "a member of the group was failed over before the group marker completed")
-        if stream.thread is not threading.current_thread():
-            stream.thread.join(timeout)
-            if stream.thread.is_alive():
-                raise Conflict(f"the AIM stream did not stop within {timeout:.0f}s: try again")
-        self.detach(set_id, stream)
+        if not stream.ended.wait(timeout):
+            raise Conflict(f"the AIM stream did not stop within {timeout:.0f}s: try again")
         return stream.applier
 
-    def stop_all(self) -> None:
+    def stop_all(self, timeout: float = 10.0) -> None:
+        """Cut every stream and wait (``timeout`` in all) for their appliers to end."""
         with self.lock:
             streams = list(self.streams.values())
         for s in streams:
             shut(s.conn)
+        deadline = self.reactor.monotonic() + timeout
+        for s in streams:
+            s.ended.wait(max(0.0, deadline - self.reactor.monotonic()))
 
     # -- change maps of promoted volumes ---------------------------------------------------------------
     def track(self, t: Target, create: bool = False) -> ChangeMap:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import socket
 import ssl
 import struct
@@ -84,7 +85,7 @@ class FrameReader:
     place, and a way to tell idleness (no complete frame within a wait) from a stream."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self.rb = RecvBuffer(sock)
+        self.rb = RecvBuffer(sock, 64 << 10)  # grows with a busy stream
 
     def batch(self, wait: float | None = None) -> list[frames.Frame]:
         """Every complete frame received so far, at least one; [] if none came within ``wait``
@@ -133,6 +134,11 @@ class Connection:
         if self._reader is None:
             self._reader = FrameReader(self.sock)
         return self._reader.batch(wait)
+
+    def release(self) -> None:
+        """Nothing is unread and nothing handed out is in use: the receive buffer may go."""
+        if self._reader is not None:
+            self._reader.rb.release()
 
     def ship(self, f, pos: int, count: int) -> None:
         """``count`` journal bytes from ``pos``: straight from the page cache to the socket
@@ -222,6 +228,16 @@ def server_handshake(sock: socket.socket, token_for: Callable[[dict], str]) -> t
         send_message(sock, {"ok": False, "error": "authentication failed"})
         raise WireError("authentication failed (wrong token?)")
     return hello, Handshake(sock, token, challenge, nonce)
+
+
+TO_RE = re.compile(r"^(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})/(?P<volume>[^/\s]+)$")
+
+
+def parse_to(text: str) -> tuple[str, int, str]:
+    m = TO_RE.match(text or "")
+    if not m or int(m["port"]) > 65535:
+        raise InvalidInput(f"invalid --to {text!r}: write HOST:AIMPORT/DESTVOLUME, e.g. 10.0.0.2:7411/db01-dr")
+    return m["host"].strip("[]"), int(m["port"]), m["volume"]
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -1,4 +1,10 @@
-"""Accept connections on a listening socket, one daemon thread each (the NBD and AIM ports)."""
+"""Accept connections on a listening socket, one daemon thread each (the NBD and AIM ports).
+
+A handler that hands its connection on (an AIM stream, to the reactor) returns True: the
+connection then no longer counts against ``max_connections`` and is not closed here. At the
+limit, a listener that ``refuses`` closes new connections (NBD: it protects the node from too many
+hosts); one that does not leaves them in the kernel's accept queue until a handshake ends (AIM:
+a thousand sets reconnecting at once are served in turn, none refused)."""
 
 import logging
 import socket
@@ -17,11 +23,14 @@ def shut(sock: socket.socket) -> None:
 
 
 class ThreadedListener:
-    def __init__(self, name: str, handle: Callable[[socket.socket, object], None], max_connections: int = 64) -> None:
-        self.name, self.handle, self.max_connections = name, handle, max_connections
+    def __init__(self, name: str, handle: Callable[[socket.socket, object], bool | None],
+                 max_connections: int = 64, refuses: bool = True) -> None:
+        self.name, self.handle, self.max_connections, self.refuses = name, handle, max_connections, refuses
         self.connections: dict[socket.socket, socket.socket] = {}  # accepted -> what it is now (a TLS wrapper)
         self._lock = threading.Lock()
+        self._slot = threading.Condition(self._lock)  # notified when a connection ends
         self._sock: socket.socket | None = None
+        self._stopped = False
 
     def start(self, sock: socket.socket) -> None:
         self._sock = sock
@@ -29,6 +38,7 @@ class ThreadedListener:
 
     def stop(self) -> None:
         """Stop accepting and wake every connection (their threads end on their next IO)."""
+        self._stopped = True
         if self._sock is not None:
             shut(self._sock)
             self._sock.close()
@@ -39,12 +49,15 @@ class ThreadedListener:
     def _accept(self) -> None:
         assert self._sock is not None
         while True:
+            with self._slot:
+                while not self.refuses and len(self.connections) >= self.max_connections and not self._stopped:
+                    self._slot.wait(1.0)
             try:
                 conn, peer = self._sock.accept()
             except OSError:
                 return  # closed by stop()
             with self._lock:
-                if len(self.connections) >= self.max_connections:
+                if self.refuses and len(self.connections) >= self.max_connections:
                     log.warning("%s %s: refused: %d connections already", self.name, peer, self.max_connections)
                     conn.close()
                     continue
@@ -60,10 +73,13 @@ class ThreadedListener:
 
     def _run(self, conn: socket.socket, peer: object) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        kept = False
         try:
-            self.handle(conn, peer)
+            kept = bool(self.handle(conn, peer))
         finally:
             with self._lock:
                 current = self.connections.pop(conn, conn)
-            current.close()
-            conn.close()
+                self._slot.notify()
+            if not kept:
+                current.close()
+                conn.close()

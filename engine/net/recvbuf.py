@@ -1,7 +1,11 @@
 """Receiving for the two stream protocols the node serves (NBD, AIM): one reusable buffer for the
 data phase, where a ``recv`` brings as many messages as the peer has queued and they are parsed
 in place (a batch of small messages costs one system call and no copies), and :func:`recv_exact`
-for the handshakes."""
+for the handshakes.
+
+A buffer is sized by activity: it starts small, doubles while a receive fills it (a busy stream),
+up to ``MAX_SIZE``, and :meth:`RecvBuffer.release` gives it back when nothing is unread (a
+connection parked idle holds no buffer: a thousand quiet AIM streams cost no memory)."""
 
 import select
 import socket
@@ -15,8 +19,11 @@ class RecvBuffer:
     bytes to the front (the buffer is never resized in place: a message longer than it gets a
     new, larger buffer, and views into the old one keep it alive)."""
 
+    MAX_SIZE = 1 << 20
+
     def __init__(self, sock: socket.socket, size: int = 1 << 20) -> None:
         self.sock = sock
+        self.size = size  # what the next allocation gets
         self.buf = bytearray(size)
         self.start = self.end = 0
         self._ready: select.poll | None = None  # over TLS: is more already here?
@@ -24,12 +31,20 @@ class RecvBuffer:
             self._ready = select.poll()
             self._ready.register(sock, select.POLLIN)
 
+    def release(self) -> None:
+        """Drop the buffer if nothing in it is unread (views handed out must be done with)."""
+        if self.start == self.end and self.buf:
+            self.buf = bytearray()
+            self.start = self.end = 0
+
     def fill(self, need: int, timeout: float | None = None) -> bool:
         """Receive once, with room for ``need`` unread bytes; False if ``timeout`` seconds passed
-        with nothing received (None: wait as the socket does)."""
+        with nothing received (None: wait as the socket does; 0: only what is here now)."""
         pending = self.end - self.start
         if pending == 0:
             self.start = self.end = 0
+            if len(self.buf) < self.size:
+                self.buf = bytearray(self.size)
         if need > len(self.buf):
             buf = bytearray(max(need, 2 * len(self.buf)))
             buf[:pending] = self.buf[self.start:self.end]
@@ -49,7 +64,9 @@ class RecvBuffer:
             self.end += n
             if self._ready is not None:
                 self._drain_tls()
-        except TimeoutError:
+            if self.end == len(self.buf) and self.size < self.MAX_SIZE:
+                self.size *= 2  # the peer had more queued than fitted: a busy stream
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return self.end - self.start > pending
         finally:
             if timeout is not None:

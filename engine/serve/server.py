@@ -58,7 +58,7 @@ class Listen:
     def bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
-            return socket.create_server((self.host, self.port), family=family, reuse_port=False, backlog=128)
+            return socket.create_server((self.host, self.port), family=family, reuse_port=False, backlog=1024)
         except OSError as e:
             raise InvalidInput(f"cannot listen on {self.host}:{self.port}: {e.strerror}") from None
 

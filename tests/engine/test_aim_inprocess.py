@@ -1,6 +1,6 @@
 """The sender and the applier in one process: two node roots, the destination's AIM port handler
 run on one end of a ``socket.socketpair()`` for every connection the source opens, an injected
-sleep for the sender's supervisor. Beside the multi-process tests in tests/e2e."""
+delay for the sender's supervisor. Beside the multi-process tests in tests/e2e."""
 
 import random
 import threading
@@ -11,6 +11,7 @@ import pytest
 from engine import Node
 from engine.aim.receiver import Receiver
 from engine.aim.supervisor import Backoff, Supervisor
+from engine.net.reactor import Reactor
 
 from ..aimlink import Link, Recorder
 
@@ -26,7 +27,7 @@ def sites(tmp_path):
     receiver = Receiver(dst, TOKEN)
     link = Link(receiver)
     sleep = Recorder()
-    src = Node(str(tmp_path / "src"), connect=link.connect, sleep=sleep)
+    src = Node(str(tmp_path / "src"), connect=link.connect, delay=sleep)
     src.create_volume("v", SIZE, "4KiB")
     src.replication.start()
     yield src, dst, link, sleep
@@ -120,13 +121,13 @@ def test_a_fault_right_after_the_handshake_backs_off_too(sites, monkeypatch):
     src.replication.create("v-aim", "v", "dr.example:7411/v-dr", TOKEN)
     _caught_up(src, "v-aim")
     sender = src.replication.aim_set("v-aim").sender
-    real, faults = sender.session, [OSError(9, "Bad file descriptor") for _ in range(6)]
+    real, faults = sender.begin, [OSError(9, "Bad file descriptor") for _ in range(6)]
 
     def failing(*a, **kw):
         if faults:
             raise faults.pop(0)
         return real(*a, **kw)
-    monkeypatch.setattr(sender, "session", failing)
+    monkeypatch.setattr(sender, "begin", failing)
     before = len(sleep.waits)
     link.cut()
     status = _wait(lambda: (s := src.replication.info("v-aim"))["errors"] >= 6 and s, what="failures")
@@ -168,8 +169,8 @@ def test_backoff_doubles_with_jitter_up_to_its_cap_and_starts_over():
 
 
 def test_a_supervisor_never_dies_and_stops_when_told():
-    calls = []
-    sleeps = []
+    calls, waits = [], []
+    done = threading.Event()
 
     def step():
         calls.append(1)
@@ -177,12 +178,28 @@ def test_a_supervisor_never_dies_and_stops_when_told():
             raise ZeroDivisionError("division by zero")
         if len(calls) == 2:
             raise OSError(5, "Input/output error")
-        if len(calls) >= 4:
-            sup.stopping = True
+        if len(calls) == 3:
+            return 0.5  # ran well: again after this wait (no backoff)
+        done.set()
+        return 3600.0
 
-    sup = Supervisor("test", step, sleep=sleeps.append)
-    sup.run()  # in this thread: returns once stopping
-    assert len(calls) == 4 and sup.errors == 2 and len(sleeps) == 2
-    assert sup.last_error == "[Errno 5] Input/output error"
-    sup.healthy()
-    assert sup.last_error is None and sup.backoff.failures == 0
+    def delay(seconds):
+        waits.append(seconds)
+        return 0.001
+
+    reactor = Reactor("test")
+    sup = Supervisor("test", step, reactor, delay=delay)
+    try:
+        sup.start()
+        assert done.wait(10)
+        assert len(calls) == 4 and sup.errors == 2
+        assert waits[:2] == sorted(waits[:2]) and waits[0] < 0.2 and waits[2] == 0.5  # backoff, then the step's own
+        assert sup.last_error == "[Errno 5] Input/output error"
+        sup.stop()
+        sup.wake()  # stopped: no attempt is made any more
+        time.sleep(0.05)
+        assert len(calls) == 4
+        sup.healthy()
+        assert sup.last_error is None and sup.backoff.failures == 0
+    finally:
+        reactor.stop()

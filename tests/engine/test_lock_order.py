@@ -36,7 +36,7 @@ def pair(tmp_path):
     dst.create_snapshot("v-dr-ci", "v-dr", "complete-image")
     receiver = Receiver(dst, TOKEN)
     link = Link(receiver)
-    src = Node(str(tmp_path / "src"), connect=link.connect, sleep=Recorder())
+    src = Node(str(tmp_path / "src"), connect=link.connect, delay=Recorder())
     src.create_volume("v", SIZE, "4KiB")
     src.create_snapshot("v-pit", "v", "differential")
     src.create_snapshot("v-ci", "v", "complete-image")

@@ -19,7 +19,7 @@ CHILD = textwrap.dedent("""
     dst = Node({dst!r}); dst.create_volume("v-dr", 1 << 20, "4KiB")
     dst.create_snapshot("v-dr-pit", "v-dr", "differential")
     link = Link(Receiver(dst, "t" * 20))
-    src = Node({src!r}, connect=link.connect, sleep=Recorder()); src.create_volume("v", 1 << 20, "4KiB")
+    src = Node({src!r}, connect=link.connect, delay=Recorder()); src.create_volume("v", 1 << 20, "4KiB")
     src.replication.start()
     src.replication.create("v-aim", "v", "dr.example:7411/v-dr", "t" * 20)
     while src.replication.info("v-aim")["state"] != "replicating" or src.replication.info("v-aim")["overflowed"]:
