@@ -171,3 +171,41 @@ def test_sigkill_of_the_destination_with_every_set_active_loses_nothing(fleet):
     differ = [v for v in fleet.volumes if read_all(src, v, SIZE) != read_all(dst, f"{v}-dr", SIZE)]
     assert not differ, f"{len(differ)} destination volumes differ from their source, e.g. {differ[:5]}"
     assert threads(fleet.dst.proc.pid) <= MAX_THREADS
+
+
+def test_a_set_streaming_flat_out_does_not_hold_back_the_markers_of_an_idle_one(pair):
+    """Fairness: while one set streams as fast as its writer can write, a marker on an idle set
+    is applied within a second (each sender ships at most one chunk a turn)."""
+    busy, idle = pair.replicate("busy", 256 << 20), pair.replicate("idle", 1 << 20)
+    stop, errors = threading.Event(), []
+
+    def writer() -> None:
+        from engine.client.remote import RemoteNode
+        api, chunk, off = RemoteNode(pair.src.proc.api, pair.src.proc.token), random.randbytes(1 << 20), 0
+        try:
+            while not stop.is_set():
+                api.write("busy", off, chunk)
+                off = (off + len(chunk)) % (256 << 20)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    t = threading.Thread(target=writer)
+    t.start()
+    latencies = []
+    try:
+        deadline = time.monotonic() + 30
+        while pair.src.api.replication.info(busy)["queued_bytes"] == 0:  # the stream is saturated
+            assert time.monotonic() < deadline, "the busy set never had a backlog"
+            time.sleep(0.01)
+        sent = pair.src.api.replication.info(busy)["bytes_sent"]
+        for k in range(7):
+            t0 = time.monotonic()
+            m = pair.marker(idle, "idle-dr-pit", f"f{k}")
+            latencies.append(time.monotonic() - t0)
+            assert m["state"] == "applied", m
+        assert pair.src.api.replication.info(busy)["bytes_sent"] > sent + (8 << 20)  # it streamed meanwhile
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    latencies.sort()
+    assert latencies[len(latencies) // 2] <= 1.0 and latencies[-1] <= 3.0, latencies
