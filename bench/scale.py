@@ -1,6 +1,6 @@
 """Scale: what a node costs with many volumes, points in time and AIM sets.
 
-Part 1, metadata (this file today): a root with N sparse volumes, a differential snapshot of each
+Part 1, metadata: a root with N sparse volumes, a differential snapshot of each
 and P points in time spread over them. Measured, at two sizes in one run so a ratio shows whether
 a cost grows with the count (flat per item) or faster (O(n^2)):
 
@@ -8,23 +8,37 @@ a cost grows with the count (flat per item) or faster (O(n^2)):
   the same process opening an empty root (interpreter and imports: the baseline);
 * ``volume list``, ``snapshot list`` and ``/metrics`` rendering, per item.
 
-    python bench/scale.py [--volumes 1000] [--points 50000] [--small 100]
+Part 2, AIM sets: for 10, 100 and 1,000 sets between two real nodes (sparse 1 GiB volumes, a
+trickle of 4 KiB writes spread over every set, and 10 sets written hard through NBD at once):
 
-Part 2 (AIM sets by the hundred between two nodes: threads, RSS, marker latency, throughput)
-lands with the AIM port's bounded threads (the scale issue).
+* threads and peak RSS of each node process (targets at 1,000: <= 64 threads, <= 256 MiB);
+* marker issue -> applied latency on idle sets while the 10 stream, p50 and p99 (target p99 <= 1 s);
+* aggregate throughput of the 10 (bytes written through NBD until every set caught up) against one
+  set alone in the same run, the number ``bench/replication.py`` reports (target >= 0.8);
+* node open time of the source root afterwards (1,000 volumes and AIM sets) in a fresh process.
+
+    python bench/scale.py [--part metadata,aim] [--volumes 1000] [--points 50000] [--small 100]
+                          [--sets 10,100,1000] [--hard-mib 400]
 """
 
 import argparse
 import os
+import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from common import emit, median, timed
 
-from engine import Node
-from engine.serve.metrics import NodeMetrics
+from engine import Node  # noqa: E402 - common puts the repository on the path
+from engine.serve.metrics import NodeMetrics  # noqa: E402
+from orchestrator.demo.fleet import Fleet, rss_mib, threads  # noqa: E402
+from orchestrator.demo.localnode import start_node  # noqa: E402
+
+MiB = 1 << 20
 
 OPEN = "import sys, time; t = time.perf_counter(); from engine import Node; n = Node(sys.argv[1]); " \
        "print(time.perf_counter() - t); n.close()"
@@ -69,14 +83,92 @@ def calls(root: str, repeat: int) -> dict[str, float]:
         node.close()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--volumes", type=int, default=1000)
-    ap.add_argument("--points", type=int, default=50000)
-    ap.add_argument("--small", type=int, default=100, help="the smaller root, same points per volume")
-    ap.add_argument("--repeat", type=int, default=3)
-    args = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="aimsnap-bench-scale-", dir=os.environ.get("AIMSNAP_BENCH_DIR"))
+# -- part 2: AIM sets ---------------------------------------------------------------------------------------
+def trickle(fleet: Fleet, stop: threading.Event, per_second: float = 200.0) -> None:
+    """4 KiB writes at random places of random sets, ``per_second`` in all."""
+    rng, api = random.Random(1), fleet.api(fleet.src)
+    while not stop.is_set():
+        api.write(rng.choice(fleet.volumes), rng.randrange(256) * 4096, rng.randbytes(4096))
+        time.sleep(1 / per_second)
+
+
+def hard(fleet: Fleet, volumes: list[str], image: str) -> float:
+    """``image`` copied into each of ``volumes`` through NBD at once; seconds until all caught up."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(["nbdcopy", "-C", "1", image, f"nbd://{fleet.src.nbd}/{v}"]) for v in volumes]
+    for p in procs:
+        if p.wait():
+            raise RuntimeError("nbdcopy failed")
+    # what was written up to here is applied (the trickle goes on: "caught up" may never be seen)
+    written = {n: st["last_seq"] for n, st in fleet.sets().items() if n in {f"{v}-aim" for v in volumes}}
+    fleet.wait(lambda st: st["name"] not in written or st["acked_seq"] >= written[st["name"]], "applied", timeout=900)
+    return time.perf_counter() - t0
+
+
+def marker_latencies(fleet: Fleet, volumes: list[str], busy: threading.Event) -> list[float]:
+    """Issue -> applied of one marker at a time on ``volumes`` while ``busy`` is set."""
+    api, out = fleet.api(fleet.src), []
+    for i, v in enumerate(volumes):
+        if not busy.is_set():
+            break
+        t0 = time.perf_counter()
+        m = api.replication.wait(api.replication.issue_marker(f"{v}-aim", f"{v}-dr-pit", f"lat{i}")["id"], 30)
+        if m["state"] != "applied":
+            raise RuntimeError(f"marker not applied: {m}")
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
+
+
+def aim_fleet(work: str, count: int, hard_bytes: int, repeat: int) -> dict:
+    root = os.path.join(work, f"aim{count}")
+    src, dst = start_node(os.path.join(root, "src")), start_node(os.path.join(root, "dst"))
+    try:
+        fleet = Fleet(src, dst, count, "1GiB", journal_limit="1GiB")
+        t0 = time.perf_counter()
+        fleet.create()
+        fleet.wait(lambda s: s["state"] == "replicating", "replicating")
+        created = time.perf_counter() - t0
+        n_hard = min(10, count)
+        one, each = os.path.join(work, "one.img"), os.path.join(work, "each.img")
+        for path, size in ((one, hard_bytes), (each, hard_bytes // n_hard)):
+            if not os.path.exists(path):
+                with open(path, "wb") as f:
+                    f.write(os.urandom(size))
+        stop, busy = threading.Event(), threading.Event()
+        trickler = threading.Thread(target=trickle, args=(fleet, stop), daemon=True)
+        trickler.start()
+        singles, aggregates, lat = [], [], []
+        idle = fleet.volumes[n_hard:] or fleet.volumes
+        with ThreadPoolExecutor(1) as ex:
+            for _ in range(repeat):
+                singles.append(hard_bytes / hard(fleet, fleet.volumes[:1], one))
+                busy.set()
+                probe = ex.submit(marker_latencies, fleet, random.Random(len(lat)).sample(idle, min(100, len(idle))),
+                                  busy)
+                aggregates.append(n_hard * (hard_bytes // n_hard) / hard(fleet, fleet.volumes[:n_hard], each))
+                busy.clear()
+                lat += probe.result()
+        stop.set()
+        trickler.join()
+        row = {"sets": count, "create_s": round(created, 1),
+               **{f"{side}_threads": threads(p.proc.pid) for side, p in (("src", src), ("dst", dst))},
+               **{f"{side}_peak_rss_mib": round(rss_mib(p.proc.pid, peak=True)) for side, p in (("src", src), ("dst", dst))},
+               "marker_p50_s": round(pct(lat, 0.5), 3), "marker_p99_s": round(pct(lat, 0.99), 3), "markers": len(lat),
+               "one_set_mib_s": round(median(singles) / MiB), f"{n_hard}_sets_mib_s": round(median(aggregates) / MiB),
+               "aggregate_ratio": round(median(aggregates) / median(singles), 2)}
+    finally:
+        src.stop()
+        dst.stop()
+    row["src_open_s"] = round(open_seconds(os.path.join(root, "src"), repeat), 2)
+    return row
+
+
+def metadata(args: argparse.Namespace, work: str) -> None:
     sizes = [(args.small, args.points * args.small // args.volumes), (args.volumes, args.points)]
     empty = os.path.join(work, "empty")
     Node(empty).close()
@@ -96,6 +188,27 @@ def main() -> None:
     emit("scale-metadata-growth", [{"cost": k, f"per item at {sizes[1][0]} / per item at {sizes[0][0]}":
                                     round(large[k] / small[k], 2) if small[k] > 0 else None,
                                     "target": "about 1 (linear)"} for k in small])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", default="metadata,aim")
+    ap.add_argument("--volumes", type=int, default=1000)
+    ap.add_argument("--points", type=int, default=50000)
+    ap.add_argument("--small", type=int, default=100, help="the smaller root, same points per volume")
+    ap.add_argument("--sets", default="10,100,1000")
+    ap.add_argument("--hard-mib", type=int, default=400, help="written by the hard writers in each round")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="aimsnap-bench-scale-", dir=os.environ.get("AIMSNAP_BENCH_DIR"))
+    parts = args.part.split(",")
+    if "metadata" in parts:
+        metadata(args, work)
+    if "aim" in parts:
+        rows = [aim_fleet(work, int(n), args.hard_mib * MiB, args.repeat) for n in args.sets.split(",")]
+        for r in rows:
+            r["targets"] = "threads <= 64, RSS <= 256 MiB, p99 <= 1 s, ratio >= 0.8, open <= 5 s"
+        emit("scale-aim", rows)
 
 
 if __name__ == "__main__":
