@@ -43,6 +43,9 @@ class Route:
     tag: str = "volumes"
     server_args: dict = field(default_factory=dict)  # passed by the server only (a durable write)
     role: str = ""  # the least role allowed (engine.access.ROLES); "" = read for GET, else admin
+    # a long-poll: done(result) says whether the answer is final; until then the server asks again
+    # (with timeout 0) whenever a marker changes, holding no thread while it waits
+    long_poll: Callable[[object], bool] | None = None
 
     def __post_init__(self) -> None:
         self.role = self.role or ("read" if self.method == "GET" else "admin")
@@ -167,7 +170,8 @@ ROUTES: list[Route] = [
                  "limit": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}}, tag="aim"),
     Route("GET", "/v1/markers/{ref}", "replication.show", "Show a marker (or a group marker)", tag="aim"),
     Route("GET", "/v1/markers/{ref}/wait", "replication.wait", "Show a marker once it is no longer issued",
-          query={"timeout": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT}}, tag="aim"),
+          query={"timeout": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT}}, tag="aim",
+          long_poll=lambda m: isinstance(m, dict) and m.get("state") != "issued"),
     Route("GET", "/v1/groups", "replication.list_groups", "List groups", tag="aim"),
     Route("POST", "/v1/groups", "replication.create_group", "Create a group of AIM sets",
           body=_obj({"name": NAME, "members": _members()}, ["name", "members"]), status=201, tag="aim",

@@ -4,6 +4,7 @@ destination answered, and waiting for an answer. Rows in ``markers`` (node.db)."
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ class Markers:
     def __init__(self, meta: Meta, clock: Clock) -> None:
         self.meta, self.clock = meta, clock
         self.waiters = threading.Condition()  # notified on every result
+        self.listeners: list[Callable[[], None]] = []  # told of every result too (the API's long-polls)
         self._stamp_lock = threading.Lock()  # guards _last_stamp
         self._last_stamp: datetime | None = None
 
@@ -52,8 +54,7 @@ class Markers:
         self.meta.execute("UPDATE markers SET state='failed', error=? WHERE aim_set=? AND state='issued' AND "
                           "seq IS NOT NULL AND seq >= ? AND seq < ?", error, aim_set, from_seq,
                           before_seq if before_seq is not None else 1 << 62)
-        with self.waiters:
-            self.waiters.notify_all()
+        self._changed()
 
     def sequenced(self, marker_id: int, seq: int) -> None:
         """The marker is journal entry ``seq`` (also said at load for a marker that reached the
@@ -103,8 +104,13 @@ class Markers:
         self.meta.execute("UPDATE markers SET state=?, applied_at=?, point=?, error=? WHERE id=? AND state='issued'",
                           result["state"], result.get("applied_at"), result.get("point"), result.get("error"),
                           marker_id)
+        self._changed()
+
+    def _changed(self) -> None:
         with self.waiters:
             self.waiters.notify_all()
+        for tell in list(self.listeners):
+            tell()
 
     # -- reading ---------------------------------------------------------------------------------------
     def marker(self, marker_id: int | str) -> dict:

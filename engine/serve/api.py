@@ -86,12 +86,48 @@ async def _parse_body(route: Route, request: web.Request) -> dict:
     return body
 
 
-def _handler(node: Node, route: Route):
+class Changes:
+    """Marker results, as a signal inside the event loop: a long-poll awaits the next one instead
+    of holding a thread (a thousand policies waiting for their markers cost no threads)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.event = asyncio.Event()
+
+    def notify(self) -> None:  # from any thread
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._fire)
+
+    def _fire(self) -> None:
+        self.event.set()
+        self.event = asyncio.Event()
+
+
+async def _long_poll(route: Route, call: Callable, changes: Changes, params: dict) -> object:
+    """``call`` with timeout 0 until ``route.long_poll`` says its answer is final, or the timeout passes."""
+    changes.loop = asyncio.get_running_loop()
+    deadline = changes.loop.time() + float(params.pop("timeout", 0) or 0)
+    while True:
+        event = changes.event  # before asking: a change from here on wakes this poll
+        result = await asyncio.to_thread(call, **params, timeout=0)
+        left = deadline - changes.loop.time()
+        if left <= 0 or route.long_poll(result):  # type: ignore[misc]
+            return result
+        try:
+            await asyncio.wait_for(event.wait(), min(left, 1.0))
+        except TimeoutError:
+            pass
+
+
+def _handler(node: Node, route: Route, changes: Changes):
     async def handle(request: web.Request) -> web.StreamResponse:
         params = dict(request.match_info)
         params.update(_parse_query(route, request))
         params.update(await _parse_body(route, request))
-        result = await asyncio.to_thread(route.bind(node), **params, **route.server_args)
+        if route.long_poll is not None:
+            result = await _long_poll(route, route.bind(node), changes, params)
+        else:
+            result = await asyncio.to_thread(route.bind(node), **params, **route.server_args)
         if route.returns == "bytes":
             return web.Response(body=result, content_type="application/octet-stream")
         if route.status == 204:
@@ -154,8 +190,10 @@ def make_app(node: Node, token: str, metrics: Callable[[], bytes] | None = None,
             return error_response(507 if full else 500, "StorageError", f"the node's storage: {reason}")
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_DATA + (1 << 16))
+    changes = Changes()
+    node.replication.ledger.listeners.append(changes.notify)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, _handler(node, route))
+        app.router.add_route(route.method, route.path, _handler(node, route, changes))
     spec = openapi()
     app.router.add_get("/v1/openapi.json", lambda r: web.json_response(spec))
 

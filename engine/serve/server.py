@@ -110,7 +110,8 @@ async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: st
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="api"))  # marker long-polls
+    # blocking engine calls (long-polls wait in the event loop, see api.Changes): a bound, not a thread per caller
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=16, thread_name_prefix="api"))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

@@ -209,3 +209,32 @@ def test_a_set_streaming_flat_out_does_not_hold_back_the_markers_of_an_idle_one(
     assert not errors
     latencies.sort()
     assert latencies[len(latencies) // 2] <= 1.0 and latencies[-1] <= 3.0, latencies
+
+
+def test_many_marker_long_polls_hold_no_threads_and_the_api_stays_responsive(pair):
+    """An orchestrator with hundreds of policies long-polls as many markers at once: the node
+    waits for them in its event loop, not on a thread each, and answers other calls meanwhile."""
+    aim = pair.replicate("lp", 1 << 20)
+    pair.src.api.replication.pause(aim)  # the markers stay issued until the resume
+    ids = [pair.src.api.replication.issue_marker(aim, "lp-dr-pit", f"w{k}")["id"] for k in range(100)]
+    results, errors = {}, []
+
+    def waiter(marker_id: str) -> None:
+        from engine.client.remote import RemoteNode
+        try:
+            results[marker_id] = RemoteNode(pair.src.proc.api, pair.src.proc.token).replication.wait(marker_id, 30)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    ws = [threading.Thread(target=waiter, args=(i,)) for i in ids]
+    for w in ws:
+        w.start()
+    time.sleep(1.0)  # every waiter is in its long-poll
+    t0 = time.monotonic()
+    assert pair.src.api.list_volumes()
+    assert time.monotonic() - t0 < 2.0  # not queued behind the waits
+    assert threads(pair.src.proc.proc.pid) <= MAX_THREADS
+    pair.src.api.replication.resume(aim)
+    for w in ws:
+        w.join(60)
+    assert not errors
+    assert {m["state"] for m in results.values()} == {"applied"} and len(results) == len(ids)
