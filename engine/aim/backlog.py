@@ -1,5 +1,5 @@
 """What the destination has not acknowledged yet: entries, bytes, the age of the oldest, and the
-ranges in flight. Appends (the write path) and acknowledgements (the ack reader) move it, both
+ranges in flight. Appends (the write path) and acknowledgements (the sender's turns) move it, both
 under the source volume's lock; ``aim status`` and ``/metrics`` read it without a lock."""
 
 import collections
