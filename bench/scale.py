@@ -17,8 +17,12 @@ trickle of 4 KiB writes spread over every set, and 10 sets written hard through 
   set alone in the same run, the number ``bench/replication.py`` reports (target >= 0.8);
 * node open time of the source root afterwards (1,000 volumes and AIM sets) in a fresh process.
 
-    python bench/scale.py [--part metadata,aim] [--volumes 1000] [--points 50000] [--small 100]
-                          [--sets 10,100,1000] [--hard-mib 400]
+Part 3, the orchestrator: 1,000 ``auto-marker`` policies every minute, each on its own AIM set of
+such a pair of nodes (real markers, applied at the destination): fire lateness (a run's start
+past its scheduled time) and run durations (issue to applied), p50 and p99, and the outcomes.
+
+    python bench/scale.py [--part metadata,aim,orchestrator] [--volumes 1000] [--points 50000] [--small 100]
+                          [--sets 10,100,1000] [--hard-mib 400] [--policies 1000] [--minutes 2]
 """
 
 import argparse
@@ -168,6 +172,66 @@ def aim_fleet(work: str, count: int, hard_bytes: int, repeat: int) -> dict:
     return row
 
 
+# -- part 3: the orchestrator ---------------------------------------------------------------------------------
+def policy_file(work: str, fleet: Fleet) -> str:
+    """Every set declared, and an auto-marker policy every minute on each."""
+    tokens = {}
+    for side, proc in (("prod", fleet.src), ("dr", fleet.dst)):
+        tokens[side] = os.path.join(work, f"{side}.token")
+        with open(tokens[side], "w") as f:
+            f.write(proc.token + "\n")
+        os.chmod(tokens[side], 0o600)
+    lines = ["version: 1", "nodes:",
+             *(f'  {side}: {{api: "{p.api}", token_file: {tokens[side]}, aim: "{p.aim}"}}'
+               for side, p in (("prod", fleet.src), ("dr", fleet.dst))), "resources:", "  volumes:"]
+    lines += [f"    - {{node: prod, name: {v}, size: {fleet.size}}}" for v in fleet.volumes]
+    lines += [f"    - {{node: dr, name: {v}-dr, size: {fleet.size}}}" for v in fleet.volumes]
+    lines += ["  snapshots:", *(f"    - {{node: dr, name: {v}-dr-pit, source: {v}-dr, type: differential}}"
+                                for v in fleet.volumes)]
+    lines += ["  aim_sets:", *(f"    - {{node: prod, name: {v}-aim, source: {v}, to: {{node: dr, volume: {v}-dr}}}}"
+                               for v in fleet.volumes)]
+    lines += ["policies:"]
+    for v in fleet.volumes:
+        lines += [f"  - name: {v}-1m", "    kind: auto-marker", "    node: prod", f"    aim_set: {v}-aim",
+                  "    every: 1m", f"    marker: {{destination_snapshot: {v}-dr-pit}}"]
+    path = os.path.join(work, "policies.yaml")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def orchestrated(work: str, count: int, minutes: int) -> dict:
+    from datetime import datetime
+
+    from orchestrator.schedule.service import Orchestrator
+    root = os.path.join(work, f"orch{count}")
+    src, dst = start_node(os.path.join(root, "src")), start_node(os.path.join(root, "dst"))
+    try:
+        fleet = Fleet(src, dst, count, "1GiB", journal_limit="256MiB")
+        fleet.create()
+        fleet.wait(lambda s: s["state"] == "replicating", "replicating")
+        orch = Orchestrator([policy_file(root, fleet)], os.path.join(root, "o.db"))
+        orch.start()
+        time.sleep(60 * minutes + 10)
+        orch.shutdown(wait=True)
+        runs = [r for r in orch.store.history(limit=10 ** 7) if r["scheduled_for"]]
+
+        def at(text: str) -> datetime:
+            return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        late = [(at(r["started_at"]) - at(r["scheduled_for"])).total_seconds() for r in runs]
+        took = [(at(r["finished_at"]) - at(r["started_at"])).total_seconds() for r in runs if r["finished_at"]]
+        outcomes: dict[str, int] = {}
+        for r in runs:
+            outcomes[r["status"]] = outcomes.get(r["status"], 0) + 1
+        return {"policies": count, "runs": len(runs), "outcomes": outcomes,
+                "lateness_p50_s": round(pct(late, 0.5), 3), "lateness_p99_s": round(pct(late, 0.99), 3),
+                "run_p50_s": round(pct(took, 0.5), 3), "run_p99_s": round(pct(took, 0.99), 3),
+                "src_threads": threads(src.proc.pid), "dst_threads": threads(dst.proc.pid)}
+    finally:
+        src.stop()
+        dst.stop()
+
+
 def metadata(args: argparse.Namespace, work: str) -> None:
     sizes = [(args.small, args.points * args.small // args.volumes), (args.volumes, args.points)]
     empty = os.path.join(work, "empty")
@@ -192,13 +256,15 @@ def metadata(args: argparse.Namespace, work: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", default="metadata,aim")
+    ap.add_argument("--part", default="metadata,aim,orchestrator")
     ap.add_argument("--volumes", type=int, default=1000)
     ap.add_argument("--points", type=int, default=50000)
     ap.add_argument("--small", type=int, default=100, help="the smaller root, same points per volume")
     ap.add_argument("--sets", default="10,100,1000")
     ap.add_argument("--hard-mib", type=int, default=400, help="written by the hard writers in each round")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--policies", type=int, default=1000)
+    ap.add_argument("--minutes", type=int, default=2)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="aimsnap-bench-scale-", dir=os.environ.get("AIMSNAP_BENCH_DIR"))
     parts = args.part.split(",")
@@ -209,6 +275,8 @@ def main() -> None:
         for r in rows:
             r["targets"] = "threads <= 64, RSS <= 256 MiB, p99 <= 1 s, ratio >= 0.8, open <= 5 s"
         emit("scale-aim", rows)
+    if "orchestrator" in parts:
+        emit("scale-orchestrator", [orchestrated(work, args.policies, args.minutes)])
 
 
 if __name__ == "__main__":

@@ -113,14 +113,14 @@ class Applier:
         while True:
             batch, self.held = (self.held, []) if self.held else (self.conn.batch(wait=0), [])
             now = clock()
-            if batch:
-                self._heard = now
-            elif self.applied != self.acked and now - self._heard < ACK_DELAY:
+            if not batch and self.applied != self.acked and now - self._heard < ACK_DELAY:
                 # a short pause in the stream is not idleness: one fdatasync covers what comes within it
                 self.reactor.park(self.conn.sock, self.task.wake, ACK_DELAY - (now - self._heard))
                 return
             with storage_faults("applying writes"):
                 self._batch(self.vol, batch)
+            if batch:
+                self._heard = clock()  # the quiet that makes an acknowledgement is counted from here
             if self.held:
                 return  # suspended at a group marker: resumed by the barrier
             if not batch:

@@ -62,6 +62,7 @@ class Supervisor:
         self._lock = threading.Lock()  # a leaf lock
         self._timer: Timer | None = None
         self._running = False  # a step or its work is in progress
+        self._woken = False  # woken while it was: the next attempt is not waited for
         self._quiet = threading.Event()
         self._quiet.set()
 
@@ -79,9 +80,10 @@ class Supervisor:
         self._quiet.wait(timeout)
 
     def wake(self) -> None:
-        """Try again now (a pause or resume), unless a step is in progress."""
+        """Try again now (a pause or resume); if a step is in progress, as soon as it returns."""
         with self._lock:
             running = self._running
+            self._woken = running
         if not running:
             self.retry_at = None
             self._schedule(0.0)
@@ -120,8 +122,11 @@ class Supervisor:
         with self._lock:
             self._running = False
             self._quiet.set()
+            woken, self._woken = self._woken, False
         if self.stopping or after is None:
             return
+        if woken and error is None:
+            after = 0.0
         if error is not None:
             self.failed(error)
             after = self.backoff.next()

@@ -206,6 +206,8 @@ class Targets:
             stream = self.streams[set_id] = Stream(conn)
         if old is not None:
             shut(old.conn)
+            # one suspended at a group marker reads nothing: resumed, it sees its connection cut
+            self.groups.cancel(set_id, "the member's stream reconnected before the group marker completed")
             old.ended.wait(30)
         return stream
 
@@ -233,11 +235,13 @@ class Targets:
     def stop_all(self, timeout: float = 10.0) -> None:
         """Cut every stream and wait (``timeout`` in all) for their appliers to end."""
         with self.lock:
-            streams = list(self.streams.values())
-        for s in streams:
+            streams = dict(self.streams)
+        for set_id, s in streams.items():
             shut(s.conn)
+            # one suspended at a group marker reads nothing: it must be resumed to see its end
+            self.groups.cancel(set_id, "the destination node is stopping")
         deadline = self.reactor.monotonic() + timeout
-        for s in streams:
+        for s in streams.values():
             s.ended.wait(max(0.0, deadline - self.reactor.monotonic()))
 
     # -- change maps of promoted volumes ---------------------------------------------------------------

@@ -16,6 +16,7 @@ import re
 import socket
 import ssl
 import struct
+from collections import deque
 from collections.abc import Callable
 
 from . import frames
@@ -140,13 +141,34 @@ class Connection:
         if self._reader is not None:
             self._reader.rb.release()
 
-    def ship(self, f, pos: int, count: int) -> None:
-        """``count`` journal bytes from ``pos``: straight from the page cache to the socket
-        (``sendfile``), or through a buffer when TLS must encrypt them."""
-        if isinstance(self.sock, ssl.SSLSocket):
-            self.sock.sendall(os.pread(f.fileno(), count, pos))
-        elif self.sock.sendfile(f, pos, count) != count:
-            raise ConnectionError("the destination closed the stream")
+    def send_pending(self, pending: deque) -> bool:
+        """Send what ``pending`` holds, in order, as far as the socket takes it without waiting
+        (the socket is non-blocking); True when all of it is sent. Items: bytes (a memoryview),
+        or ``(file, pos, count)``, journal bytes sent straight from the page cache (``sendfile``),
+        or through a buffer when TLS must encrypt them. A partly sent item stays, for what is left."""
+        tls = isinstance(self.sock, ssl.SSLSocket)
+        while pending:
+            item = pending[0]
+            if tls and isinstance(item, tuple):
+                f, pos, count = item
+                item = pending[0] = memoryview(os.pread(f.fileno(), count, pos))
+            try:
+                if isinstance(item, tuple):
+                    f, pos, count = item
+                    n = os.sendfile(self.sock.fileno(), f.fileno(), pos, count)
+                    if n == 0:
+                        raise ConnectionError("the destination closed the stream")
+                    pending[0] = (f, pos + n, count - n)
+                    done = n == count
+                else:
+                    n = self.sock.send(item)  # over TLS: all of it, or a want-write (the same buffer again)
+                    pending[0] = item[n:]
+                    done = n == len(item)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return False
+            if done:
+                pending.popleft()
+        return True
 
     def settimeout(self, seconds: float | None) -> None:
         self.sock.settimeout(seconds)

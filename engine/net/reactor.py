@@ -45,6 +45,11 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+        self.fn = _nothing  # what it would have called is not kept alive until the deadline
+
+
+def _nothing() -> None:
+    pass
 
 
 @dataclass
@@ -61,6 +66,7 @@ class Reactor:
         self._lock = threading.Lock()  # a leaf lock: the parked sockets, the timers
         self._parked: dict[int, _Parked] = {}  # fd -> who waits for it
         self._timers: list[Timer] = []  # a heap
+        self._compact_at = 4096
         self._seq = itertools.count()
         self._waiting_until = 0.0  # the loop's current wait ends then (an earlier timer pokes it)
         self._thread: threading.Thread | None = None
@@ -119,18 +125,27 @@ class Reactor:
     def call_later(self, seconds: float, fn: Callable[[], None]) -> Timer:
         """Run ``fn`` on a turn worker once ``seconds`` have passed, unless the timer is cancelled."""
         self.start()
-        timer = Timer(self.monotonic() + max(seconds, 0.0), next(self._seq), fn)
         with self._lock:
-            heapq.heappush(self._timers, timer)
-            poke = timer.deadline < self._waiting_until
+            timer, poke = self._later(seconds, fn)
         if poke:
             self._poke()
         return timer
 
-    def park(self, sock: socket.socket, wake: Callable[[], None], timeout: float) -> None:
+    def _later(self, seconds: float, fn: Callable[[], None]) -> tuple[Timer, bool]:
+        """Caller holds the lock: the timer, and whether the loop must be poked for it."""
+        timer = Timer(self.monotonic() + max(seconds, 0.0), next(self._seq), fn)
+        heapq.heappush(self._timers, timer)
+        if len(self._timers) > self._compact_at:  # cancelled ones pile up (a re-park cancels one)
+            self._timers = [t for t in self._timers if not t.cancelled]
+            heapq.heapify(self._timers)
+            self._compact_at = max(4096, 2 * len(self._timers))  # amortised: O(1) a timer
+        return timer, timer.deadline < self._waiting_until
+
+    def park(self, sock: socket.socket, wake: Callable[[], None], timeout: float, writable: bool = False) -> None:
         """Call ``wake`` (once, on a worker) when ``sock`` is readable (bytes, end of stream, an
-        error) or ``timeout`` seconds have passed, whichever comes first. Parking a parked socket
-        replaces its wake and timeout. The owner :meth:`forget`\\ s a socket before closing it."""
+        error), or writable too if ``writable`` (a send that would block), or ``timeout`` seconds
+        have passed, whichever comes first. Parking a parked socket replaces its wake and
+        timeout. The owner :meth:`forget`\\ s a socket before closing it."""
         self.start()
         if isinstance(sock, ssl.SSLSocket) and sock.pending():  # decrypted bytes wait in the TLS layer
             self.submit(wake)
@@ -143,18 +158,19 @@ class Reactor:
             self.submit(wake)
             return
         entry = _Parked(sock, wake)
-        entry.timer = self.call_later(timeout, lambda: self._expired(fd, entry))
-        with self._lock:
+        events = select.EPOLLIN | select.EPOLLONESHOT | (select.EPOLLOUT if writable else 0)
+        with self._lock:  # the entry, then its timer, in one step: a short timeout cannot fire first
             old = self._parked.get(fd)
             self._parked[fd] = entry
+            entry.timer, poke = self._later(timeout, lambda: self._expired(fd, entry))
             assert self._ep is not None
             try:
                 if old is None:
-                    self._ep.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+                    self._ep.register(fd, events)
                 else:
                     old.timer.cancel()  # type: ignore[union-attr]
-                    self._ep.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
-            except OSError:
+                    self._ep.modify(fd, events)
+            except (OSError, ValueError):  # closed meanwhile, or the reactor stopped
                 del self._parked[fd]
                 entry.timer.cancel()
                 failed = True
@@ -162,6 +178,8 @@ class Reactor:
                 failed = False
         if failed:
             self.submit(wake)
+        elif poke:
+            self._poke()
 
     def forget(self, sock: socket.socket) -> None:
         """``sock`` is not waited for any more (its owner is about to close it)."""
@@ -176,7 +194,8 @@ class Reactor:
     def _run(self, fn: Callable[[], None], *, blocking: bool) -> Future | None:
         self.start()
         pool = self._blocking if blocking else self._pool
-        assert pool is not None
+        if pool is None:  # stopped before it ever started
+            return None
         try:
             return pool.submit(self._guarded, fn)
         except RuntimeError:  # shut down: the node is closing, and so is the owner
@@ -280,10 +299,10 @@ class Task:
             self._again = False
         try:
             self.turn()
-        finally:
+        finally:  # even if the turn raised: a task that stays busy would swallow every wake
             with self._lock:
                 again = self._again
                 self._busy = again
-        if again and self.reactor.submit(self._run) is None:
-            with self._lock:
-                self._busy = False
+            if again and self.reactor.submit(self._run) is None:
+                with self._lock:
+                    self._busy = False

@@ -23,7 +23,7 @@ class RecvBuffer:
 
     def __init__(self, sock: socket.socket, size: int = 1 << 20) -> None:
         self.sock = sock
-        self.size = size  # what the next allocation gets
+        self.size = self._initial = size  # what the next allocation gets
         self.buf = bytearray(size)
         self.start = self.end = 0
         self._ready: select.poll | None = None  # over TLS: is more already here?
@@ -36,6 +36,7 @@ class RecvBuffer:
         if self.start == self.end and self.buf:
             self.buf = bytearray()
             self.start = self.end = 0
+            self.size = self._initial  # an idle connection's next wake costs a small buffer again
 
     def fill(self, need: int, timeout: float | None = None) -> bool:
         """Receive once, with room for ``need`` unread bytes; False if ``timeout`` seconds passed

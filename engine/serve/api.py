@@ -94,9 +94,12 @@ class Changes:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.event = asyncio.Event()
 
-    def notify(self) -> None:  # from any thread
+    def notify(self) -> None:  # from any thread (a sender's turn: it must not raise there)
         if self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._fire)
+            try:
+                self.loop.call_soon_threadsafe(self._fire)
+            except RuntimeError:  # the loop closed meanwhile: the server is stopping
+                pass
 
     def _fire(self) -> None:
         self.event.set()

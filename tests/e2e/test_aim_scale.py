@@ -238,3 +238,30 @@ def test_many_marker_long_polls_hold_no_threads_and_the_api_stays_responsive(pai
         w.join(60)
     assert not errors
     assert {m["state"] for m in results.values()} == {"applied"} and len(results) == len(ids)
+
+
+def test_members_suspended_at_a_group_marker_do_not_starve_the_one_still_catching_up(pair):
+    """Twenty members (more than the 16 workers): nineteen reach the group marker at once and are
+    suspended there while their sources keep shipping what was written after it, until the
+    sockets take no more; the twentieth still has its backlog to apply. Its turns must still
+    come (a sender whose socket is full parks, it does not hold a worker), and the group
+    completes at one point."""
+    f = Fleet(pair.src.proc, pair.dst.proc, 20, 256 << 20, prefix="m", journal_limit="1GiB")
+    f.create()
+    f.wait(lambda s: s["state"] == "replicating", "replicating")
+    src = pair.src.api
+    pair.dst.api.create_snapshot_set("m-dr", [f"{v}-dr-pit" for v in f.volumes])
+    src.replication.create_group("m", [f"{v}-aim" for v in f.volumes])
+    src.replication.pause(f"{f.volumes[0]}-aim")  # its backlog waits behind the pause
+    chunk = random.randbytes(4 << 20)
+    for off in range(0, 128 << 20, len(chunk)):
+        src.write(f.volumes[0], off, chunk)
+    gm = src.replication.issue_group_marker("m", "m-dr", "late")
+    f.each(lambda v: [f.api(f.src).write(v, off, chunk) for off in range(0, 32 << 20, len(chunk))]
+           if v != f.volumes[0] else None)  # after the marker: fills the suspended members' sockets
+    src.replication.resume(f"{f.volumes[0]}-aim")
+    done = src.replication.wait(gm["id"], 30)
+    done = done if done["state"] != "issued" else src.replication.wait(gm["id"], 30)
+    assert done["state"] == "applied", done
+    assert {m["point"] for m in done["members"]} == {done["point"]}
+    f.caught_up()
