@@ -159,7 +159,11 @@ def aim_fleet(work: str, count: int, hard_bytes: int, repeat: int) -> dict:
                 lat += probe.result()
         stop.set()
         trickler.join()
+        api = fleet.api(src)
+        listed = median([timed(api.replication.list) for _ in range(5)])  # `aim status --json` of every set
+        scraped = median([timed(api.metrics) for _ in range(5)])
         row = {"sets": count, "create_s": round(created, 1),
+               "aim_list_ms": round(listed * 1000), "metrics_ms": round(scraped * 1000),
                **{f"{side}_threads": threads(p.proc.pid) for side, p in (("src", src), ("dst", dst))},
                **{f"{side}_peak_rss_mib": round(rss_mib(p.proc.pid, peak=True)) for side, p in (("src", src), ("dst", dst))},
                "marker_p50_s": round(pct(lat, 0.5), 3), "marker_p99_s": round(pct(lat, 0.99), 3), "markers": len(lat),
