@@ -9,6 +9,7 @@ source content recorded at its marker. Exit code 1 on any mismatch.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import signal
@@ -247,6 +248,7 @@ class Demo:
 
 def main(seconds: int, keep: str | None, out: str, rate: int, seed: int) -> int:
     """Two nodes on loopback, the demo policies, a write workload, and a verified report."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack, to stderr
     console = Console(width=None if sys.stdout.isatty() else 120)
     work = os.path.abspath(keep) if keep else tempfile.mkdtemp(prefix="aimsnap-demo-")
     results = work if keep else os.path.abspath(out)
