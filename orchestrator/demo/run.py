@@ -249,6 +249,9 @@ class Demo:
 def main(seconds: int, keep: str | None, out: str, rate: int, seed: int) -> int:
     """Two nodes on loopback, the demo policies, a write workload, and a verified report."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: every thread's stack, to stderr
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (a background job of a
+    # script inherits that, and Python then never raises KeyboardInterrupt: seen in a CI run)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     console = Console(width=None if sys.stdout.isatty() else 120)
     work = os.path.abspath(keep) if keep else tempfile.mkdtemp(prefix="aimsnap-demo-")
     results = work if keep else os.path.abspath(out)
