@@ -61,9 +61,8 @@ class Supervisor:
         self.retry_at: float | None = None
         self._lock = threading.Lock()  # a leaf lock
         self._timer: Timer | None = None
-        self._running = False  # a step or its work is in progress
-        self._woken = False  # woken while it was: the next attempt is not waited for
-        self._quiet = threading.Event()
+        self._woken = False  # woken while a step was in progress: the next attempt is not waited for
+        self._quiet = threading.Event()  # clear while a step or its work is in progress
         self._quiet.set()
 
     # -- the loop --------------------------------------------------------------------------------
@@ -82,7 +81,7 @@ class Supervisor:
     def wake(self) -> None:
         """Try again now (a pause or resume); if a step is in progress, as soon as it returns."""
         with self._lock:
-            running = self._running
+            running = not self._quiet.is_set()
             self._woken = running
         if not running:
             self.retry_at = None
@@ -102,9 +101,9 @@ class Supervisor:
 
     def _fire(self) -> None:
         with self._lock:
-            if self.stopping or self._running:
+            if self.stopping or not self._quiet.is_set():
                 return
-            self._running, self._timer, self.retry_at = True, None, None
+            self._timer, self.retry_at = None, None
             self._quiet.clear()
         if self.reactor.run_blocking(self._attempt) is None:  # the reactor is shut down
             self._done(None, None)
@@ -120,7 +119,6 @@ class Supervisor:
 
     def _done(self, error: BaseException | None, after: float | None) -> None:
         with self._lock:
-            self._running = False
             self._quiet.set()
             woken, self._woken = self._woken, False
         if self.stopping or after is None:
