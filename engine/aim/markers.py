@@ -115,9 +115,11 @@ class Markers:
     # -- reading ---------------------------------------------------------------------------------------
     def marker(self, marker_id: int | str) -> dict:
         try:
-            row = self.meta.one("SELECT * FROM markers WHERE id=?", int(marker_id))
+            number = int(marker_id)
         except (TypeError, ValueError):
-            row = None
+            number = 0
+        # An id past SQLite's 64-bit INTEGER would raise OverflowError in the query: it names no marker.
+        row = self.meta.one("SELECT * FROM markers WHERE id=?", number) if 0 < number < 2 ** 63 else None
         if row is None:
             raise NotFound(f"marker {marker_id!r} does not exist")
         return row

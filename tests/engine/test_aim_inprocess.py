@@ -10,6 +10,7 @@ import pytest
 
 from engine import Node
 from engine.aim.receiver import Receiver
+from engine.errors import NotFound
 from engine.aim.supervisor import Backoff, Supervisor
 from engine.net.reactor import Reactor
 
@@ -203,3 +204,10 @@ def test_a_supervisor_never_dies_and_stops_when_told():
         assert sup.last_error is None and sup.backoff.failures == 0
     finally:
         reactor.stop()
+
+@pytest.mark.parametrize("ref", ["0", "-1", "9223372036854775807", "9223372036854775808", "1" * 40, "g-none"])
+def test_a_marker_ref_that_names_nothing_is_not_found(sites, ref):
+    """Seen in CI: 2**63 reached SQLite and raised OverflowError, an HTTP 500, not a 404."""
+    src = sites[0]
+    with pytest.raises(NotFound):
+        src.replication.show(ref)
