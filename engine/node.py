@@ -28,6 +28,7 @@ from collections.abc import Callable
 from .access import Access
 from .aim import wire
 from .aim.replication import Replication
+from .aim.sender import STREAM_TIMEOUT
 from .storage.names import Clock, utcnow
 from .storage.storage import Storage
 
@@ -36,13 +37,15 @@ class Node(Storage):
     """Every volume, snapshot, snapshot set and AIM set under one root."""
 
     def __init__(self, root: str, *, clock: Clock = utcnow, create: bool = True,
-                 connect: wire.Connector = wire.connect, delay: Callable[[float], float] | None = None) -> None:
+                 connect: wire.Connector = wire.connect, delay: Callable[[float], float] | None = None,
+                 stream_timeout: float = STREAM_TIMEOUT) -> None:
         """``connect`` opens a socket to a destination's AIM port and ``delay`` maps the wait
-        before a sender's retry to the one taken: tests pass a ``socketpair`` and a recorder."""
+        before a sender's retry to the one taken: tests pass a ``socketpair`` and a recorder.
+        ``stream_timeout``: an AIM peer silent this long has gone (``--aim-stream-timeout``)."""
         super().__init__(root, clock=clock, create=create)
         self.access = Access(self.root, clock)
         try:
-            self.replication = Replication(self, connect=connect, delay=delay)  # AIM sets observe their volumes
+            self.replication = Replication(self, connect=connect, delay=delay, stream_timeout=stream_timeout)  # AIM sets observe their volumes
             self.replication.load()
         except BaseException:
             super().close()

@@ -16,7 +16,7 @@ from ..storage.volume import Volume
 from . import wire
 from .journal import Journal
 from .observer import JournalObserver
-from .sender import Sender
+from .sender import STREAM_TIMEOUT, Sender
 from .state import Record, State
 from .supervisor import EXPECTED, Supervisor
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class AimSet:
     def __init__(self, record: Record, volume: Volume, directory: str, meta: Meta, markers: Markers, *,
                  reactor: Reactor, connect: wire.Connector = wire.connect,
-                 delay: Callable[[float], float] | None = None) -> None:
+                 delay: Callable[[float], float] | None = None, stream_timeout: float = STREAM_TIMEOUT) -> None:
         self.connector = connect
         self.record, self.volume, self.dir, self.meta, self.markers = record, volume, directory, meta, markers
         self.name = record.name
@@ -45,7 +45,7 @@ class AimSet:
         self.state = State.FENCED if record.fenced else State.PAUSED if record.paused else State.DISCONNECTED
         self.closing = False
         self.local_port: int | None = None  # this node's AIM port, announced to the destination
-        self.sender = Sender(self, self._connect, reactor)
+        self.sender = Sender(self, self._connect, reactor, timeout=stream_timeout)
         self.supervisor = Supervisor(f"aim-send-{self.name}", self.sender.step, reactor, delay=delay,
                                      expected=(*EXPECTED, wire.WireError, wire.DestinationError))
 

@@ -28,7 +28,6 @@ from .wire import Connection, WireError
 log = logging.getLogger("aimsnap.aim.receiver")
 ACK_EVERY_BYTES = 8 << 20
 TURN_SECONDS = 0.05  # a busy stream applies this long, then lets the others' turns run
-STREAM_IDLE = 120.0  # the source sends a heartbeat every few seconds: silence this long is a dead link
 WAITING: dict = {"state": "waiting"}  # a group marker whose members are not all here yet
 ACK_DELAY = 0.01  # seconds of quiet before applied writes are flushed and acknowledged
 SOURCE_TIME_PERSIST_NS = 10 * 10**9  # an idle set's source clock is written down this often
@@ -64,12 +63,12 @@ class Applier:
     worker from the others), then parks the connection until more comes, or is suspended at a
     group marker until the group completes. ``ended`` is told once, with the exception that
     ended the stream (the source closed, the link failed, a frame broke the protocol, a storage
-    fault, or nothing from the source within ``STREAM_IDLE``)."""
+    fault, or nothing from the source within ``idle`` seconds: it sends a heartbeat every few)."""
 
     def __init__(self, storage: Storage, groups: GroupBarriers, conn: Connection, target: Target,
-                 reactor: Reactor, ended: Callable[[BaseException], None]) -> None:
+                 reactor: Reactor, ended: Callable[[BaseException], None], idle: float) -> None:
         self.storage, self.meta, self.groups, self.conn, self.b = storage, storage.meta, groups, conn, target
-        self.reactor, self.ended = reactor, ended
+        self.reactor, self.ended, self.idle = reactor, ended, idle
         # how far this stream got: every entry up to ``applied`` is in the volume (flushed up to the
         # target's applied_seq), and the source had written nothing unsent at ``source_ns`` (its
         # clock, from the frames and heartbeats): what a failover reports as the recovery point
@@ -124,10 +123,10 @@ class Applier:
             if self.held:
                 return  # suspended at a group marker: resumed by the barrier
             if not batch:
-                if now - self._heard >= STREAM_IDLE:
-                    raise TimeoutError(f"nothing from the source in {STREAM_IDLE:.0f}s")
+                if now - self._heard >= self.idle:
+                    raise TimeoutError(f"nothing from the source in {self.idle:g}s")
                 self.conn.release()  # an idle stream holds no receive buffer
-                self.reactor.park(self.conn.sock, self.task.wake, STREAM_IDLE - (now - self._heard))
+                self.reactor.park(self.conn.sock, self.task.wake, self.idle - (now - self._heard))
                 return
             if clock() >= until:
                 self.task.wake()  # more may be waiting: after the other streams' turns

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from ..storage.meta import Meta
 
-# below the source's stream timeout (sender.STREAM_TIMEOUT, 120 s): a member waiting here sends no
-# acknowledgement, and the source must not give up on the connection first
+# below the source's stream timeout (120 s by default; Targets takes half of a shorter one): a member
+# waiting here sends no acknowledgement, and the source must not give up on the connection first
 GROUP_TIMEOUT = 60.0
 Later = Callable[[float, Callable[[], None]], object]  # Reactor.call_later
 

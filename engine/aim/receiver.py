@@ -111,14 +111,14 @@ class Receiver:
         self.targets.announced(target, _host(peer), hello.get("aim_port"))
         hs.accept(applied_seq=target.applied_seq, resyncing=target.resyncing,
                   marker_results=self._results(set_id, hello.get("outstanding_markers")))
-        conn.settimeout(120)  # a blocking send (an acknowledgement) to a source that stopped reading
+        conn.settimeout(self.targets.stream_timeout)  # a blocking send (an acknowledgement) to a source that stopped reading
 
         def ended(e: BaseException) -> None:
             self._ended(e, peer, set_id)
             self.targets.detach(set_id, stream)
             conn.close()
         stream.applier = Applier(self.storage, self.targets.groups, Connection(conn), target,
-                                 self.targets.reactor, ended)
+                                 self.targets.reactor, ended, self.targets.stream_timeout)
         stream.applier.start()
         return True
 
@@ -127,7 +127,9 @@ class Receiver:
         if isinstance(e, WireError):
             self.rejected += 1
             log.warning("aim %s: closing connection: %s", peer, e)
-        elif isinstance(e, (ConnectionError, OSError, TimeoutError)):
+        elif isinstance(e, TimeoutError):  # the applier's: a source silent for the stream timeout
+            log.warning("aim %s: stream of set %s ended: %s", peer, set_id, e)
+        elif isinstance(e, (ConnectionError, OSError)):
             pass  # the source went away or the link failed: it reconnects (and says so)
         elif isinstance(e, StorageFault):
             self.errors += 1  # logged by the applier and told to the source, which retries with backoff

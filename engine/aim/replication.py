@@ -28,6 +28,7 @@ from . import failover, switchover, wire
 from .aimset import AimSet
 from .markers import Markers
 from .roles import Roles
+from .sender import STREAM_TIMEOUT
 from .state import DEFAULT_JOURNAL_LIMIT, Record
 from .targets import Targets
 from .verify import Verification
@@ -38,16 +39,17 @@ class Replication:
     """Every AIM set, group and marker of a node (source side)."""
 
     def __init__(self, storage: Storage, *, connect: wire.Connector = wire.connect,
-                 delay: Callable[[float], float] | None = None) -> None:
+                 delay: Callable[[float], float] | None = None, stream_timeout: float = STREAM_TIMEOUT) -> None:
+        """``stream_timeout``: the peer's silence that ends a stream, at either end."""
         self.storage, self.meta = storage, storage.meta
-        self.connect, self.delay = connect, delay
+        self.connect, self.delay, self.stream_timeout = connect, delay, stream_timeout
         self.reactor = Reactor("aim")  # every set's stream, sent or received, runs in turns on it
         self.sets: dict[str, AimSet] = {}  # guarded by the storage lock, like _creating
         self._creating: dict[str, str] = {}  # AIM sets being created (their claim in flight): name -> volume
         self.ledger = Markers(storage.meta, storage.clock)
         self.verifications: dict[str, Verification] = {}  # the running or last verify of each set
         self.serving = False
-        self.targets = Targets(storage, self.reactor)  # the AIM sets this node receives (destination side)
+        self.targets = Targets(storage, self.reactor, stream_timeout)  # the AIM sets this node receives (destination side)
         self.roles = Roles(self)  # failover, switchover, failback
         self.local: tuple[int, str] | None = None  # this node's AIM port and token, once it serves one
         self.local_cert: str | None = None  # the PEM certificate of that port, when it serves TLS
@@ -78,7 +80,8 @@ class Replication:
 
     def _open(self, record: Record) -> AimSet:
         aim = AimSet(record, self.storage.volumes[record.source], self.storage.files.aim_set(record.name),
-                     self.meta, self.ledger, connect=self.connect, reactor=self.reactor, delay=self.delay)
+                     self.meta, self.ledger, connect=self.connect, reactor=self.reactor, delay=self.delay,
+                     stream_timeout=self.stream_timeout)
         aim.local_port = self.local[0] if self.local else None
         self.sets[record.name] = aim
         return aim

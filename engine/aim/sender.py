@@ -37,7 +37,7 @@ RESYNC_RUN_BLOCKS = 64
 TURN_BYTES = 4 << 20  # one turn ships at most this (one journal chunk), then the other sets' turns run
 SMALL_BATCH = 1 << 20
 BATCH_DELAY = 0.002
-STREAM_TIMEOUT = 120.0  # the destination acknowledges or answers a heartbeat well within this
+STREAM_TIMEOUT = 120.0  # the default (node serve --aim-stream-timeout): the destination answers a heartbeat well within it
 ACK_PERSIST_SECONDS = 1.0
 # the backoff starts over only when the set proves it works: an acknowledgement beyond where the
 # session began, a completed resync, or a stream up this long. A handshake proves nothing: a fault
@@ -56,15 +56,16 @@ class Session:
     epoch: int
     steady_at: float | None  # when an unbroken stream counts as healthy (then None)
     sent_at: float  # the last frame sent (a heartbeat follows a quiet HEARTBEAT_SECONDS)
-    heard_at: float  # the destination's last frame: silence for STREAM_TIMEOUT ends the session
+    heard_at: float  # the destination's last frame: silence for the stream timeout ends the session
     range_bytes: int = 0  # bytes of the journal range being shipped, across turns
     pending: deque = field(default_factory=deque)  # queued for the socket (Connection.send_pending)
 
 
 class Sender:
     def __init__(self, aim: AimSet, connect: Connect, reactor: Reactor, *, heartbeat: float = HEARTBEAT_SECONDS,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 timeout: float = STREAM_TIMEOUT, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.aim, self.connect, self.reactor, self.heartbeat, self.monotonic = aim, connect, reactor, heartbeat, monotonic
+        self.timeout = timeout  # the destination's silence that ends a session
         self.obs = aim.observer
         self.conn: Connection | None = None
         self.session: Session | None = None
@@ -115,7 +116,7 @@ class Sender:
             settled = set(asked)  # only those the destination was asked about (at most 1,000 a time)
             aim.markers.settle_lost([i for i in aim.lost_markers if i in settled])
             aim.lost_markers = [i for i in aim.lost_markers if i not in settled]
-            conn.settimeout(STREAM_TIMEOUT)
+            conn.settimeout(self.timeout)
             self.begin(conn, int(answer.get("applied_seq", 0)), bool(answer.get("resyncing")))
         except BaseException as e:
             self._closed(conn, e if self.active else None)
@@ -193,8 +194,8 @@ class Sender:
         if not self.active or s.epoch != obs.epoch:
             raise _Over()  # paused, closing, or overflowed (the next session resynchronises)
         silent = now - s.heard_at
-        if silent >= STREAM_TIMEOUT:
-            raise TimeoutError(f"the destination answered nothing in {STREAM_TIMEOUT:.0f}s")
+        if silent >= self.timeout:
+            raise TimeoutError(f"the destination answered nothing in {self.timeout:g}s")
         if s.steady_at is not None and now >= s.steady_at:
             s.steady_at = None  # up this long without a fault (an idle set acknowledges nothing)
             self.aim.supervisor.healthy()
@@ -217,7 +218,7 @@ class Sender:
         if shipped or not sent:
             s.sent_at = self.monotonic()
         if not sent:
-            self.reactor.park(s.conn.sock, self.task.wake, STREAM_TIMEOUT - silent, writable=True)
+            self.reactor.park(s.conn.sock, self.task.wake, self.timeout - silent, writable=True)
         elif shipped >= SMALL_BATCH:
             self.task.wake()
         elif shipped:
@@ -243,10 +244,10 @@ class Sender:
             self.aim.record.bytes_sent += len(frame)
             s.sent_at, quiet = now, 0.0
             if not s.conn.send_pending(s.pending):
-                self.reactor.park(s.conn.sock, self.task.wake, STREAM_TIMEOUT - silent, writable=True)
+                self.reactor.park(s.conn.sock, self.task.wake, self.timeout - silent, writable=True)
                 return
         s.conn.release()
-        self.reactor.park(s.conn.sock, self.task.wake, min(self.heartbeat - quiet, STREAM_TIMEOUT - silent))
+        self.reactor.park(s.conn.sock, self.task.wake, min(self.heartbeat - quiet, self.timeout - silent))
 
     def _end(self, s: Session, e: BaseException) -> None:
         self.session = None

@@ -27,7 +27,7 @@ from ..net.tls import leaf_certificate
 from ..storage.bitmap import BlockBitmap, ChangeMap
 from ..storage.fsutil import atomic_write, make_dir, write_new
 from ..storage.names import iso, utcnow
-from .barriers import GroupBarriers
+from .barriers import GROUP_TIMEOUT, GroupBarriers
 
 if TYPE_CHECKING:
     from ..storage.storage import Storage
@@ -76,12 +76,15 @@ class Stream:
 
 
 class Targets:
-    def __init__(self, storage: Storage, reactor: Reactor) -> None:
+    def __init__(self, storage: Storage, reactor: Reactor, stream_timeout: float) -> None:
         self.storage, self.meta, self.reactor = storage, storage.meta, reactor
+        self.stream_timeout = stream_timeout  # a source silent this long has gone (the applier ends the stream)
         self.lock = threading.Lock()  # a leaf lock: the stream map
         self.streams: dict[str, Stream] = {}
         self.changes: dict[str, ChangeMap] = {}  # set id -> its promoted volume's change map
-        self.groups = GroupBarriers(storage.meta, reactor.call_later)  # where members' streams wait at a group marker
+        # where members' streams wait at a group marker; a wait sends no acknowledgement, so it gives up
+        # well before the source's stream timeout would (the same setting at both sites)
+        self.groups = GroupBarriers(storage.meta, reactor.call_later, min(GROUP_TIMEOUT, stream_timeout / 2))
 
     # -- records -----------------------------------------------------------------------------------------
     def get(self, set_id: str) -> Target | None:

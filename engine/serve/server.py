@@ -23,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..aim.receiver import Receiver
+from ..aim.sender import STREAM_TIMEOUT
 from ..errors import InvalidInput
 from ..net.secretfile import read_secret
 from ..net.tls import leaf_certificate, load_server_tls
@@ -82,13 +83,14 @@ def _address(sock: socket.socket) -> str:
 
 async def serve(root: str, api: Listen, nbd: Listen, aim: Listen, token_file: str | None,
                 aim_tls: tuple[ssl.SSLContext, str] | None = None, api_tls: ssl.SSLContext | None = None,
-                nbd_tls: NbdTls | None = None, nbd_max_connections: int = 64) -> None:
+                nbd_tls: NbdTls | None = None, nbd_max_connections: int = 64,
+                aim_stream_timeout: float = STREAM_TIMEOUT) -> None:
     """``aim_tls``: the AIM port's TLS context and the PEM certificate it serves."""
     make_dir(root)
     token_file = token_file or os.path.join(root, "api.token")
     token, created = load_or_create_token(token_file)
     sockets = {"api": api.bind(), "nbd": nbd.bind(), "aim": aim.bind()}
-    node = Node(root)
+    node = Node(root, stream_timeout=aim_stream_timeout)
     nbd_server = NbdServer(node, max_connections=nbd_max_connections, tls=nbd_tls)
     receiver = Receiver(node, token, *(aim_tls or (None, None)))
     metrics = NodeMetrics(node, receiver)
@@ -143,7 +145,7 @@ def _raise_open_files_limit() -> None:
 def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
         aim_tls_cert: str | None = None, aim_tls_key: str | None = None, api_tls_cert: str | None = None,
         api_tls_key: str | None = None, insecure_http: bool = False, nbd_tls: NbdTls | None = None,
-        nbd_max_connections: int = 64) -> int:
+        nbd_max_connections: int = 64, aim_stream_timeout: float = STREAM_TIMEOUT) -> int:
     """Serve until SIGTERM; ``nbd_tls`` is the NBD port's TLS policy (:func:`.nbdtls.configure`)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _raise_open_files_limit()
@@ -163,5 +165,5 @@ def run(root: str, api: str, nbd: str, aim: str, token_file: str | None,
                     "writes the volumes (serve it with --nbd-tls require)", nbd)
     aim_cert = leaf_certificate(Path(aim_tls_cert).read_text()) if aim_ctx and aim_tls_cert else None
     asyncio.run(serve(root, *listens, token_file, (aim_ctx, aim_cert) if aim_ctx else None, api_ctx, nbd_tls,
-                      nbd_max_connections))
+                      nbd_max_connections, aim_stream_timeout))
     return 0

@@ -45,18 +45,22 @@ def node() -> None:
               '{"host1.example": ["db01", "erp*"]}; needs --nbd-tls-client-ca.')
 @click.option("--nbd-max-connections", default=64, show_default=True, type=click.IntRange(1, 4096),
               help="NBD connections served at once (one thread each); one more is refused and logged.")
+@click.option("--aim-stream-timeout", default=120.0, show_default=True, type=click.FloatRange(1, 3600),
+              metavar="SECONDS", help="An AIM peer silent this long has gone: the stream ends, the source says "
+              "why in its status and reconnects (heartbeats go every 2 s; set the same at both sites).")
 @click.pass_obj
 def serve(target, node_root: str | None, api: str, nbd: str, aim: str, serve_token_file: str | None,
           aim_tls_cert: str | None, aim_tls_key: str | None, api_tls_cert: str | None, api_tls_key: str | None,
           insecure_http: bool, nbd_tls_mode: str, nbd_tls_cert: str | None, nbd_tls_key: str | None,
-          nbd_tls_client_ca: str | None, nbd_tls_clients: str | None, nbd_max_connections: int) -> int:
+          nbd_tls_client_ca: str | None, nbd_tls_clients: str | None, nbd_max_connections: int,
+          aim_stream_timeout: float) -> int:
     """Serve the control API, NBD exports and the AIM port of a node root until SIGTERM."""
     # imported here: aiohttp is heavy, only the node process needs it
     from engine.serve import nbdtls, server
     nbd_tls = nbdtls.configure(nbd_tls_mode, nbd_tls_cert, nbd_tls_key, nbd_tls_client_ca, nbd_tls_clients)
     return server.run(node_root or target.root, api, nbd, aim, serve_token_file or target.token_file,
                       aim_tls_cert, aim_tls_key, api_tls_cert, api_tls_key, insecure_http, nbd_tls,
-                      nbd_max_connections)
+                      nbd_max_connections, aim_stream_timeout)
 
 
 @node.group()
