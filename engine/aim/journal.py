@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from . import frames
 from ..storage.fsutil import fsync_dir, make_dir
 
-SEGMENT_BYTES = 64 << 20  # a batch may take the last segment slightly past it
+# 16 MiB: a set that writes recycles its own spares after 32 MiB (growing new files at ten sets at
+# once halved their throughput, bench/scale.py), and spares hold 32 MiB of disk per set, not 128.
+SEGMENT_BYTES = 16 << 20  # a batch may take the last segment slightly past it
 IOV_MAX = 1024
 SPARES = 2
 Entry = tuple[int, int, "bytes | memoryview", int]
